@@ -1,0 +1,3 @@
+from hsmd.cli import main
+
+raise SystemExit(main())
