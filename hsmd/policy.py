@@ -105,7 +105,8 @@ class Policy:
         unknown = set(doc) - {"rules"}
         if unknown:
             raise InvalidArgument(f"{source}: unknown top-level field(s) {sorted(unknown)}")
-        raw_rules = doc.get("rules") or []
+        raw_rules = doc.get("rules")
+        raw_rules = [] if raw_rules is None else raw_rules
         if not isinstance(raw_rules, list):
             raise InvalidArgument(f"{source}: 'rules' must be a list")
         return cls(rules=tuple(_parse_rule(r, f"{source}: rules[{i}]") for i, r in enumerate(raw_rules)))
