@@ -1,0 +1,56 @@
+"""The wire between the agent and its device worker: length-prefixed pickles over a socketpair.
+
+Both ends are our own code in processes we started, so pickle is safe here and cheap (no schema
+work per call). A frame is a 4-byte big-endian length followed by that many bytes of pickle.
+Messages are plain tuples of builtins and hsmd.model dataclasses only, so the agent process can
+unpickle them without importing the PKCS#11 layer.
+
+Parent -> worker: ("open", {TokenConfig fields}), then ("call", id, method, args), ("close",).
+Worker -> parent: ("ready", TokenInfo) or ("failed", code, message); then ("ok", id, result) or
+("err", id, code, message, path).
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+from typing import Any
+
+_HEADER = struct.Struct("!I")
+MAX_FRAME = 512 * 1024 * 1024
+
+
+def encode(message: Any) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+def send(sock: socket.socket, message: Any) -> None:
+    sock.sendall(encode(message))
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            return None
+        got += n
+    return bytes(buf)
+
+
+def recv(sock: socket.socket) -> Any:
+    """The next message, or None at end of stream (the other side exited or closed)."""
+    header = _recv_exact(sock, _HEADER.size)
+    if header is None:
+        return None
+    (size,) = _HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes exceeds the limit")
+    body = _recv_exact(sock, size)
+    if body is None:
+        return None
+    return pickle.loads(body)  # noqa: S301 - our own child process, see module docstring
