@@ -28,7 +28,9 @@ DEFAULT_GRACE_PERIOD = "5m"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DEVICE_INFO_KEYS = ("vendorId", "productId", "manufacturer", "product", "hsmDeviceName", "deviceType")
+_DEVICE_INFO_KEYS = (
+    "vendorId", "productId", "manufacturer", "product", "hsmDeviceName", "hsmDeviceNamespace", "deviceType"
+)
 
 
 def parse_duration(value: str | int | float | timedelta) -> timedelta:
@@ -166,7 +168,12 @@ def _pod_field(pod: Mapping[str, Any], *path: str) -> Any:
     return current
 
 
-def _wanted(device: Mapping[str, Any], report: DeviceReport, hsm_devices: frozenset[str] | None) -> bool:
+def _wanted(
+    device: Mapping[str, Any], report: DeviceReport, hsm_devices: frozenset[str] | None, namespace: str | None
+) -> bool:
+    device_namespace = device.get("hsmDeviceNamespace")
+    if namespace and device_namespace and device_namespace != namespace:
+        return False
     if hsm_devices is None:
         return True
     name = device.get("hsmDeviceName") or report.hsm_device_name
@@ -181,11 +188,13 @@ def aggregate(
     previous_status: Mapping[str, Any] | None = None,
     *,
     hsm_devices: Iterable[str] | None = None,
+    namespace: str | None = None,
     generation: int | None = None,
 ) -> dict[str, Any]:
     """HSMPool status from discovery pods (Pod objects as dicts) and the previous status.
 
-    ``hsm_devices`` (the pool's hsmDeviceRefs) keeps only devices reported for those HSMDevices.
+    ``hsm_devices`` (the pool's hsmDeviceRefs) keeps only devices reported for those HSMDevices, and
+    ``namespace`` (the pool's) only those whose report names that HSMDevice namespace, if any.
     ``lastAggregationTime`` and the Ready condition's ``lastTransitionTime`` only move when the
     result changes, so re-aggregating unchanged reports yields an identical status."""
     grace = parse_duration(grace_period)
@@ -223,7 +232,7 @@ def aggregate(
         entry["discoveryStatus"] = report.discovery_status
         if report.error:
             entry["error"] = report.error
-        mine = [d for d in report.devices if _wanted(d, report, wanted)]
+        mine = [d for d in report.devices if _wanted(d, report, wanted, namespace)]
         entry["devicesFound"] = len(mine)
         entry["fresh"] = fresh
         reporting.append(entry)

@@ -176,6 +176,15 @@ def test_filter_by_hsm_device_refs() -> None:
     assert {p["podName"]: p["devicesFound"] for p in status["reportingPods"]} == {"disc-a": 1, "disc-b": 0}
 
 
+def test_filter_by_pool_namespace() -> None:
+    report = json.dumps({"hsmDeviceName": "pico", "lastReportTime": ts(), "discoveredDevices": [
+        dict(dev("S1"), hsmDeviceName="pico", hsmDeviceNamespace="team-a"),
+        dict(dev("S2", "/dev/bus/usb/001/016"), hsmDeviceName="pico", hsmDeviceNamespace="team-b")]})
+    status = aggregate([pod("disc-a", "w1", raw=report)], 1, "5m", NOW, hsm_devices=["pico"], namespace="team-a")
+    assert [d["serialNumber"] for d in status["aggregatedDevices"]] == ["S1"]
+    assert status["aggregatedDevices"][0]["deviceInfo"]["hsmDeviceNamespace"] == "team-a"
+
+
 def test_reaggregation_of_unchanged_reports_is_identical() -> None:
     pods = [pod("disc-a", "w1", [dev("S1")])]
     first = aggregate(pods, 1, "5m", NOW, generation=3)
