@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -276,13 +275,10 @@ class DeviceWorker:
         try:
             child.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning("device worker did not stop in time; terminating it")
-            child.process.send_signal(signal.SIGTERM)
-            try:
-                child.process.wait(2.0)
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+            # It ignores SIGTERM while we live (see hsmd.agent.worker); writes are crash-safe.
+            log.warning("device worker did not stop in time; killing it", extra={"worker_pid": child.process.pid})
+            child.process.kill()
+            child.process.wait()
         with self._lock:
             if self._child is child:
                 self._child = None

@@ -104,7 +104,7 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
         checksum, changed = self.device.call(
             "write", path, data, metadata, request.create_only, request.expected_checksum or None, on_result=record
         )
-        log.info("secret written", extra={"path": path, "changed": changed, "keys": len(data)})
+        log.debug("secret written", extra={"path": path, "changed": changed, "keys": len(data)})
         return hsm_pb2.WriteSecretResponse(checksum=checksum, changed=changed)
 
     @_rpc
@@ -124,7 +124,7 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
                 self.changes.record(WRITTEN, path, after)
 
         self.device.call("delete", path, key, on_result=record)
-        log.info("secret deleted", extra={"path": path, "key": key})
+        log.debug("secret deleted", extra={"path": path, "key": key})
         return hsm_pb2.DeleteSecretResponse()
 
     @_rpc

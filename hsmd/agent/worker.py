@@ -76,14 +76,15 @@ class Handler:
         return _plain_secret(self.token.read_secret(path))
 
     def do_read_many(self, paths: Sequence[str]) -> list[tuple[str, Secret | tuple[str, str]]]:
+        # Token.read_many raises temporary errors (the device went away) for the whole batch.
+        found = self.token.read_many(list(paths))
         out: list[tuple[str, Secret | tuple[str, str]]] = []
         for path in paths:
-            try:
-                out.append((path, _plain_secret(self.token.read_secret(path))))
-            except HsmdError as err:
-                if err.temporary:
-                    raise  # the device went away: fail the whole batch, the caller retries it
-                out.append((path, (err.code, err.message)))
+            outcome = found[path]
+            if isinstance(outcome, HsmdError):
+                out.append((path, (outcome.code, outcome.message)))
+            else:
+                out.append((path, _plain_secret(outcome)))
         return out
 
     def do_metadata(self, path: str) -> SecretMetadata:
@@ -152,11 +153,26 @@ def _error_tuple(err: BaseException) -> tuple[str, str, str | None]:
     return Internal.code, f"unexpected {type(err).__name__} in the device worker (see its log)", None
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us if the agent dies, so no worker outlives it holding the token."""
+def _follow_parent() -> None:
+    """Stop when the agent stops, and only then.
+
+    Linux sends us SIGTERM when the agent dies (PR_SET_PDEATHSIG), so no worker outlives it holding
+    the token. A SIGTERM or Ctrl-C sent to the whole process group while the agent lives is ignored:
+    the agent drains its RPCs first and then sends "close".
+    """
+    parent = os.getppid()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        if os.getppid() != parent:
+            raise SystemExit(0)  # unwinds through serve(), which closes the token's sessions
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the agent died before the prctl took effect
+        raise SystemExit(0)
 
 
 def serve(sock: socket.socket) -> int:
@@ -205,9 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup_logging("agent-worker", args.log_level)
-    _die_with_parent()
-    # Ctrl-C reaches the whole process group; the agent decides when we stop (it sends "close").
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _follow_parent()
     sock = socket.socket(fileno=args.fd)
     try:
         return serve(sock)
