@@ -183,7 +183,7 @@ def _in_child(request: Mapping[str, str], conf: str) -> dict[str, Any]:
         input=json.dumps(dict(request)),
         capture_output=True,
         text=True,
-        env=softhsm_env(conf),
+        env=_child_env(conf),
         timeout=120,
         check=False,
     )
@@ -196,6 +196,14 @@ def _in_child(request: Mapping[str, str], conf: str) -> dict[str, Any]:
     if "error" in answer:
         raise error_from_code(answer["error"]["code"], answer["error"]["message"])
     return answer
+
+
+def _child_env(conf: str) -> dict[str, str]:
+    """The child must import this very hsmd, installed or not."""
+    env = softhsm_env(conf)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def _child_main() -> int:

@@ -18,9 +18,11 @@ A delete writes a tombstone generation first, then removes everything else, the 
 
 Finding objects on a token costs time proportional to the number of objects on it (SoftHSM2
 rescans its directory on every C_FindObjectsInit: ~25 ms at 1,000 objects), so the token keeps an
-index of handle -> label (and value digest) of our application's objects. Writes refresh it first;
-reads and lists trust it for ``index_ttl`` seconds, which bounds how late a change made by another
-process (e.g. pkcs11-tool) becomes visible. Changes made through this Token are visible at once.
+index of handle -> label (and value digest) of our application's objects and trusts it for
+``index_ttl`` seconds, which bounds how late a change made by another process (e.g. pkcs11-tool)
+becomes visible; an object destroyed behind our back is noticed on first touch. Changes made
+through this Token are visible at once. The agent is the only writer of its token (it holds a
+lock), so the index is authoritative there; ``index_ttl=0`` looks at the token on every call.
 """
 
 from __future__ import annotations
@@ -280,7 +282,7 @@ class Token:
         if metadata is not None:
             self._validate_metadata(metadata)
         with self._lock_for(path).write(), self._device.session("write secret", path=path) as s:
-            self._ensure_index(s, 0.0)
+            self._ensure_index(s, self.config.index_ttl)
             records, values = self._load(s, path)
             current = choose_version(path, records)
             current_data = self._data_of(current, values)
@@ -301,7 +303,7 @@ class Token:
         if key is not None:
             validate_key(key)
         with self._lock_for(path).write(), self._device.session("delete secret", path=path) as s:
-            self._ensure_index(s, 0.0)
+            self._ensure_index(s, self.config.index_ttl)
             records, values = self._load(s, path)
             current = choose_version(path, records)
             if current is None:

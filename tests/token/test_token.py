@@ -1,0 +1,309 @@
+"""Token on a real SoftHSM2 token: round trips, exact matching, compare-and-swap, deletes,
+validation, token info, PINs and reconnects."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from hsmd.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from hsmd.model import SecretMetadata, checksum
+from hsmd.pkcs11 import Token, TokenConfig
+from tests.fixtures.softhsm import TestToken
+
+Factory = Callable[..., tuple[Token, TestToken]]
+
+ALL_BYTES = bytes(range(256))
+
+
+def test_roundtrip_text_binary_and_metadata(token: Token) -> None:
+    data = {"password": b"s3cret", "blob": ALL_BYTES * 3, "empty": b"", "tls.crt": b"-----BEGIN\n\x00\xff"}
+    meta = SecretMetadata(description="db creds", labels={"team": "a"}, format="raw", data_type="binary")
+    result = token.write("team-a/db", data, meta)
+    assert result.changed and result.checksum == checksum(data)
+    secret = token.read_secret("team-a/db")
+    assert dict(secret.data) == data
+    assert secret.checksum == checksum(data) == token.checksum("team-a/db")
+    assert secret.metadata.description == "db creds"
+    assert dict(secret.metadata.labels) == {"team": "a"}
+    assert secret.metadata.data_type == "binary"
+    assert secret.metadata.created_at  # filled in on first write
+    assert token.metadata("team-a/db") == secret.metadata
+    assert token.read("team-a/db") == data
+
+
+def test_replace_is_full_and_unchanged_write_is_a_no_op(token: Token) -> None:
+    token.write("app", {"a": b"1", "b": b"2"}, SecretMetadata(description="x"))
+    created = token.metadata("app").created_at
+    again = token.write("app", {"a": b"1", "b": b"2"}, SecretMetadata(description="x"))
+    assert again.changed is False and again.checksum == checksum({"a": b"1", "b": b"2"})
+    assert token.write("app", {"b": b"2"}, None).changed  # metadata=None keeps the metadata
+    assert token.read("app") == {"b": b"2"}
+    meta = token.metadata("app")
+    assert meta.description == "x" and meta.created_at == created
+    token.write("app", {"b": b"3", "c": b"4"}, SecretMetadata(description="y"))
+    assert token.read("app") == {"b": b"3", "c": b"4"}
+    assert token.metadata("app").description == "y"
+    assert token.metadata("app").created_at == created
+    assert token.write("app", {"b": b"3", "c": b"4"}, SecretMetadata(description="y")).changed is False
+
+
+def test_exact_matching_db_db2_db_x(token: Token) -> None:
+    token.write("db", {"k": b"db"})
+    token.write("db2", {"k": b"db2"})
+    token.write("db/x", {"k": b"dbx"})
+    assert token.read("db") == {"k": b"db"}
+    assert token.read("db2") == {"k": b"db2"}
+    assert token.read("db/x") == {"k": b"dbx"}
+    token.write("db", {"other": b"1"})
+    assert token.read("db2") == {"k": b"db2"} and token.read("db/x") == {"k": b"dbx"}
+    token.delete("db")
+    with pytest.raises(NotFound):
+        token.read("db")
+    assert token.read("db2") == {"k": b"db2"} and token.read("db/x") == {"k": b"dbx"}
+    assert token.list() == ["db/x", "db2"]
+    token.write("db", {"k": b"back"})
+    assert token.list("db") == ["db", "db/x"]
+    assert token.list("db/") == ["db/x"]
+    assert token.list("d") == []
+    assert token.list("db2") == ["db2"]
+
+
+def test_list_prefix_and_checksums(token: Token) -> None:
+    paths = ["team-a/db", "team-a/api/key", "team-b/db", "shared/tls"]
+    for i, path in enumerate(paths):
+        token.write(path, {"v": str(i).encode()})
+    assert token.list() == sorted(paths)
+    assert token.list("team-a") == ["team-a/api/key", "team-a/db"]
+    sums = token.checksums(prefix="team-a")
+    assert sums == {p: checksum({"v": str(paths.index(p)).encode()}) for p in ("team-a/api/key", "team-a/db")}
+    picked = token.checksums(["team-b/db", "missing/path", "shared/tls"])
+    assert set(picked) == {"team-b/db", "shared/tls"}
+    assert picked["shared/tls"] == token.checksum("shared/tls")
+    many = token.read_many(["team-b/db", "nope", "bad//path"])
+    assert isinstance(many["nope"], NotFound) and isinstance(many["bad//path"], InvalidArgument)
+    assert dict(many["team-b/db"].data) == {"v": b"2"}  # type: ignore[union-attr]
+
+
+def test_checksum_is_unambiguous(token: Token) -> None:
+    token.write("x", {"a": b"bc"})
+    token.write("y", {"ab": b"c"})
+    assert token.checksum("x") != token.checksum("y")
+    assert token.checksum("x") == checksum({"a": b"bc"})
+    assert token.checksum("x").startswith("sha256:")
+
+
+def test_create_only_and_expected_checksum(token: Token) -> None:
+    first = token.write("cas", {"v": b"1"}, create_only=True)
+    with pytest.raises(AlreadyExists):
+        token.write("cas", {"v": b"2"}, create_only=True)
+    with pytest.raises(Conflict):
+        token.write("cas", {"v": b"2"}, expected_checksum=checksum({"v": b"other"}))
+    assert token.read("cas") == {"v": b"1"}
+    second = token.write("cas", {"v": b"2"}, expected_checksum=first.checksum)
+    assert second.changed and token.read("cas") == {"v": b"2"}
+    with pytest.raises(Conflict):
+        token.write("cas", {"v": b"3"}, expected_checksum=first.checksum)
+    with pytest.raises(Conflict):
+        token.write("never", {"v": b"3"}, expected_checksum=first.checksum)
+    assert token.list() == ["cas"]
+
+
+def test_delete_key_and_path(token: Token) -> None:
+    token.write("d", {"a": b"1", "b": b"2"}, SecretMetadata(description="keep me"))
+    token.delete("d", "a")
+    assert token.read("d") == {"b": b"2"}
+    assert token.metadata("d").description == "keep me"
+    with pytest.raises(NotFound):
+        token.delete("d", "a")
+    token.delete("d", "b")  # the last key deletes the secret
+    with pytest.raises(NotFound):
+        token.read("d")
+    with pytest.raises(NotFound):
+        token.delete("d")
+    assert token.list() == []
+    token.write("d", {"a": b"again"})
+    assert token.read("d") == {"a": b"again"}
+    token.delete("d")
+    assert token.list() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "message"),
+    [
+        ("", {"k": b"v"}, "empty"),
+        ("/abs", {"k": b"v"}, "empty segment"),
+        ("a//b", {"k": b"v"}, "empty segment"),
+        ("a/../b", {"k": b"v"}, "'..'"),
+        ("a/./b", {"k": b"v"}, "'.'"),
+        ("sp ace", {"k": b"v"}, "may contain only"),
+        ("x" * 300, {"k": b"v"}, "limit"),
+        ("ok", {}, "empty"),
+        ("ok", {"_metadata": b"v"}, "reserved"),
+        ("ok", {"a/b": b"v"}, "not a valid Kubernetes Secret key"),
+        ("ok", {"..": b"v"}, "not a valid Kubernetes Secret key"),
+        ("ok", {"k": "text"}, "must be bytes"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(token: Token, path: str, data: dict, message: str) -> None:
+    token.write("ok", {"k": b"original"})
+    with pytest.raises(InvalidArgument) as err:
+        token.write(path, data)
+    assert message in str(err.value)
+    assert token.list() == ["ok"] and token.read("ok") == {"k": b"original"}
+
+
+def test_sizes_are_checked_against_the_device_profile(token_factory: Factory) -> None:
+    pico, _ = token_factory(profile="picohsm", index_ttl=0.0)
+    pico.write("p", {"k": b"x" * 4096})
+    with pytest.raises(ResourceExhausted) as err:
+        pico.write("p", {"k": b"x" * 4097})
+    assert "4096" in str(err.value) and "picohsm" in str(err.value)
+    assert pico.read("p") == {"k": b"x" * 4096}
+    yubi, _ = token_factory(profile="yubihsm", index_ttl=0.0)
+    with pytest.raises(ResourceExhausted):
+        yubi.write("y", {"k": b"x" * 1976})
+    # the metadata object is an object too: a description that does not fit is refused up front
+    with pytest.raises(ResourceExhausted) as err:
+        yubi.write("y", {"k": b"v"}, SecretMetadata(description="d" * 2000))
+    assert "metadata" in str(err.value)
+    assert yubi.list() == []
+    with pytest.raises(InvalidArgument):
+        yubi.write("y", {"k": b"v"}, SecretMetadata(data_type="no-such-type"))
+
+
+def test_token_info(token_factory: Factory) -> None:
+    tok, info = token_factory()
+    ti = tok.info()
+    assert ti.label == info.label
+    assert ti.serial == info.serial
+    assert ti.manufacturer == "SoftHSM project"
+    assert ti.model.startswith("SoftHSM")
+    assert ti.firmware.count(".") == 1
+    assert ti.free_memory is None  # SoftHSM2 does not report memory
+    assert not (ti.pin.locked or ti.pin.final_try or ti.pin.count_low or ti.pin.to_be_changed)
+    assert ti.profile == "softhsm" and ti.library == info.library and ti.slot is not None
+    tok.ping()
+
+
+def test_open_selects_by_label_serial_or_slot_and_verifies_the_serial(token_factory: Factory) -> None:
+    tok, info = token_factory()
+    slot = tok.info().slot
+    tok.write("s", {"k": b"v"})
+    for cfg in (
+        info.config(token_serial=None),
+        info.config(token_label=None),
+        info.config(token_label=None, token_serial=None, slot=slot),
+    ):
+        with Token.open(cfg) as other:
+            assert other.read("s") == {"k": b"v"}
+    with pytest.raises((Unavailable, FailedPrecondition)) as err:
+        Token.open(info.config(token_serial="0000000000000000"))
+    assert "0000000000000000" in str(err.value)
+    with pytest.raises(InvalidArgument):
+        Token.open(info.config(token_label=None, token_serial=None))
+    with pytest.raises(InvalidArgument):
+        Token.open(TokenConfig(library=info.library, token_label=info.label))  # no PIN source
+    with pytest.raises(InvalidArgument):
+        Token.open(info.config(profile="nope"))
+
+
+def test_wrong_pin_is_permission_denied_and_never_in_the_message(token_factory: Factory, tmp_path) -> None:
+    tok, info = token_factory()
+    # PKCS#11 login state is per process: close the fixture's Token so the PIN is really checked
+    tok.close()
+    wrong = tmp_path / "wrong-pin"
+    wrong.write_text("99999999\n")
+    with pytest.raises(PermissionDenied) as err:
+        Token.open(info.config(pin_file=str(wrong)))
+    assert "99999999" not in str(err.value) and info.pin not in str(err.value)
+    assert "CKR_PIN_INCORRECT" in str(err.value)
+
+
+def test_pin_from_env(token_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, info = token_factory()
+    monkeypatch.setenv("HSMD_TEST_TOKEN_PIN", info.pin)
+    with Token.open(info.config(pin_file=None, pin_env="HSMD_TEST_TOKEN_PIN")) as tok:
+        tok.write("e", {"k": b"v"})
+        assert tok.read("e") == {"k": b"v"}
+
+
+def test_change_pin(token_factory: Factory, tmp_path) -> None:
+    tok, info = token_factory()
+    tok.write("c", {"k": b"v"})
+    with pytest.raises(PermissionDenied):
+        tok.change_pin("wrong-old", "abcd1234")
+    tok.change_pin(info.pin, "abcd1234")
+    new_pin = tmp_path / "new-pin"
+    new_pin.write_text("abcd1234")
+    tok.close()
+    with Token.open(info.config(pin_file=str(new_pin))) as again:
+        assert again.read("c") == {"k": b"v"}
+        again.change_pin("abcd1234", info.pin)
+    with pytest.raises(InvalidArgument):
+        again.change_pin("", "x")
+
+
+def _drop_sessions(tok: Token) -> None:
+    """What a removed and re-inserted device does to a process: every session (and the login) is gone."""
+    slot = tok.info().slot
+    tok._device._lib.closeAllSessions(slot)
+
+
+def test_lost_sessions_are_unavailable_then_reconnect_with_one_login(token_factory: Factory) -> None:
+    tok, _ = token_factory(index_ttl=0.0, sessions=2)
+    tok.write("r", {"k": b"v"})
+    _drop_sessions(tok)
+    with pytest.raises(Unavailable) as err:
+        tok.read("r")
+    assert err.value.temporary
+    assert tok.read("r") == {"k": b"v"}  # re-opened sessions, logged in again
+    tok.write("r", {"k": b"w"})
+    assert tok.list() == ["r"]
+    tok.ping()
+
+
+def test_a_refused_login_after_reconnect_is_never_retried(token_factory: Factory, tmp_path) -> None:
+    tok, info = token_factory(index_ttl=0.0)
+    tok.write("r", {"k": b"v"})
+    with Token.open(info.config()) as admin:
+        admin.change_pin(info.pin, "changed-1")
+    _drop_sessions(tok)  # also logs admin out; tok reconnects first, with the old PIN
+    with pytest.raises(Unavailable):
+        tok.read("r")
+    with pytest.raises(PermissionDenied):
+        tok.read("r")
+    # put the old PIN back: a Token that retried its login would now succeed; ours must not try
+    changed = tmp_path / "changed"
+    changed.write_text("changed-1")
+    with Token.open(info.config(pin_file=str(changed))) as admin:
+        admin.change_pin("changed-1", info.pin)
+        _drop_sessions(admin)
+    for _ in range(3):
+        with pytest.raises(PermissionDenied):
+            tok.read("r")
+    with Token.open(info.config()) as fresh:  # a new Token (an operator's decision) logs in again
+        assert fresh.read("r") == {"k": b"v"}
+
+
+def test_metadata_json_has_the_go_fields_and_generation(token: Token) -> None:
+    token.write("m", {"k": b"v"}, SecretMetadata(description="d", source="test", format="env"))
+    # read the raw metadata object through a second Token's view of the layout
+    records, values = token._load(token._device._pool.queue[0], "m")
+    meta_values = [values[r.handle] for r in records if r.is_metadata]
+    assert len(meta_values) == 1
+    doc = json.loads(meta_values[0])
+    for field in ("description", "labels", "format", "dataType", "createdAt", "source"):
+        assert field in doc
+    assert doc["hsmd"]["generation"] >= 1 and set(doc["hsmd"]["keys"]) == {"k"}
