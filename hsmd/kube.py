@@ -358,3 +358,59 @@ def iter_pods(api: k8s.ApiClient, namespace: str, label_selector: str) -> Iterat
     except ApiException as exc:
         raise api_error(exc, f"list pods in {namespace}") from exc
     yield from listing.get("items", [])
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """Outcome of ``update_status``: the object before and (would-be) after, and whether it changed."""
+
+    changed: bool
+    before: Object
+    after: Object
+
+
+def update_status(
+    api: k8s.ApiClient,
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str | None = None,
+    *,
+    status: Mapping[str, Any] | None = None,
+    conditions: list[Mapping[str, Any]] | None = None,
+    replace: bool = False,
+    replace_lists: bool = False,
+    check_mode: bool = False,
+    now: str | None = None,
+    resource: Resource | None = None,
+    attempts: int = 5,
+) -> StatusUpdate:
+    """Merge ``status``/``conditions`` into the object's status (hsmd.status rules) and PUT it when it
+    differs; a concurrent writer (409) makes it re-read and re-merge. ``check_mode`` writes nothing."""
+    from hsmd import status as status_rules
+
+    target = resource or resolve_resource(api, api_version, kind)
+    if not target.has_status:
+        raise errors.FailedPrecondition(f"{target.kind} ({api_version}) has no status subresource")
+    if target.namespaced and not namespace:
+        raise errors.InvalidArgument(f"{target.kind} is namespaced: a namespace is required")
+    for attempt in range(attempts):
+        current = get_object(api, target, name, namespace if target.namespaced else None)
+        old = current.get("status") if isinstance(current.get("status"), dict) else {}
+        merged = status_rules.merge_status(
+            old, status, conditions, replace=replace, replace_lists=replace_lists, now=now
+        )
+        after = dict(current, status=merged)
+        if not status_rules.status_changed(old, merged):
+            return StatusUpdate(False, current, current)
+        if check_mode:
+            return StatusUpdate(True, current, after)
+        try:
+            return StatusUpdate(True, current, replace_status(api, target, after))
+        except errors.Conflict:
+            if attempt == attempts - 1:
+                raise
+    raise errors.Conflict(f"status of {kind} {name} kept changing")  # pragma: no cover - loop always returns
