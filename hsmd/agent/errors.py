@@ -83,8 +83,7 @@ def abort(context: Any, err: HsmdError) -> NoReturn:
 
 
 def _metadata_value(metadata: Iterable[Any] | None, key: str) -> str | None:
-    for item in metadata or ():
-        k, v = item.key, item.value
+    for k, v in metadata or ():  # grpc gives (key, value) named tuples
         if k == key:
             return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
     return None
