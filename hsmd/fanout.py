@@ -319,7 +319,7 @@ class AgentSet:
         self._pool = ThreadPoolExecutor(max_workers=max_workers or 16, thread_name_prefix="fanout")
         # Writes and repairs of one path go out one at a time from this process, so two writes
         # never interleave differently on different agents (which no quorum could untangle).
-        self._path_locks = [threading.Lock() for _ in range(self._LOCK_STRIPES)]
+        self._path_locks = [threading.RLock() for _ in range(self._LOCK_STRIPES)]
         self._repairs: dict[tuple[str, str], RepairItem] = {}
         self._repairs_lock = threading.Lock()
         self._repaired = 0
@@ -404,8 +404,13 @@ class AgentSet:
             raise Unavailable("no agents are known for this pool")
         return agents
 
-    def _path_lock(self, path: str) -> threading.Lock:
+    def _path_lock(self, path: str) -> threading.RLock:
         return self._path_locks[zlib.crc32(path.encode()) % self._LOCK_STRIPES]
+
+    def path_lock(self, path: str) -> threading.RLock:
+        """Hold this around a read-modify-write of ``path`` (re-entrant: ``write`` takes it too), so
+        this process's writers of one path take turns; other writers are caught by the checksum."""
+        return self._path_lock(path)
 
     # -- reads ----------------------------------------------------------------------------------
 

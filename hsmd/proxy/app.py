@@ -145,8 +145,8 @@ def _before() -> None:
     if request.path in PUBLIC_PATHS:
         g.decision = "public"
         return
-    token = bearer_token(request.headers.get("Authorization"))
     try:
+        token = bearer_token(request.headers.get("Authorization"))
         g.identity = state().config.authenticator.authenticate(token)
     except HsmdError:
         g.decision = "unauthenticated"

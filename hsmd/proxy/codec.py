@@ -64,9 +64,13 @@ def decode_value(key: str, value: object, where: str = "data") -> bytes:
     if not isinstance(value, str):
         raise InvalidArgument(f"{where}[{key!r}] must be a base64 string")
     try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise InvalidArgument(f"{where}[{key!r}] is not valid base64") from None
+    # only the canonical encoding: no stray padding or trailing bits that silently change meaning
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise InvalidArgument(f"{where}[{key!r}] is not canonical base64 (check the padding)")
+    return raw
 
 
 def decode_data(raw: object, *, where: str = "data") -> dict[str, bytes]:
@@ -91,15 +95,18 @@ def decode_patch_data(raw: object) -> dict[str, bytes | None]:
     return out
 
 
-def decode_metadata(raw: object, base: SecretMetadata | None = None) -> SecretMetadata:
+def decode_metadata(
+    raw: object, base: SecretMetadata | None = None, *, ignore_created_at: bool = False
+) -> SecretMetadata:
     """Client metadata over ``base`` (fields not given keep the base's values). ``createdAt`` is
-    not accepted: the broker stamps the write time itself."""
+    refused (or, for export documents being imported, ignored): the broker stamps the write time."""
     base = base or SecretMetadata()
     if raw is None:
         return base
     if not isinstance(raw, dict):
         raise InvalidArgument("metadata must be an object")
-    check_fields(raw, set(METADATA_FIELDS), "metadata")
+    allowed = {*METADATA_FIELDS, "createdAt"} if ignore_created_at else set(METADATA_FIELDS)
+    check_fields(raw, allowed, "metadata")
     changes: dict[str, Any] = {}
     for name in ("description", "format", "source"):
         if name in raw:

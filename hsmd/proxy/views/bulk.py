@@ -42,15 +42,17 @@ def import_secrets() -> Response:
         where = f"secrets[{index}]"
         if not isinstance(raw, dict):
             raise InvalidArgument(f"{where} must be an object")
-        # export documents carry checksum (ignored here: the agents compute it)
-        codec.check_fields(raw, {"path", "data", "metadata", "checksum"}, where, required={"path", "data"})
+        # export documents carry checksum, createdAt and disagreement: ignored, the agents decide those
+        codec.check_fields(
+            raw, {"path", "data", "metadata", "checksum", "disagreement"}, where, required={"path", "data"}
+        )
         path = raw["path"]
         if not isinstance(path, str):
             raise InvalidArgument(f"{where}.path must be a string")
         try:
             validate_path(path)
             data = validate_data(codec.decode_data(raw["data"], where=f"{where}.data"), BROKER_PROFILE)
-            metadata = codec.decode_metadata(raw.get("metadata"))
+            metadata = codec.decode_metadata(raw.get("metadata"), ignore_created_at=True)
         except InvalidArgument as exc:
             raise InvalidArgument(f"{where}: {exc.message}") from None
         if path in seen:

@@ -8,6 +8,8 @@ concurrent PATCHes never lose an update.
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -169,20 +171,25 @@ def patch_secret(path: str) -> Response:
     authorize("update", path)
     agents = state().agents
     for attempt in range(PATCH_ATTEMPTS):
-        current = agents.read(path).require()
-        if expected is not None and current.checksum != expected:
-            raise Conflict(f"secret {path!r} changed: checksum is {current.checksum}, expected {expected}", path=path)
-        merged = dict(current.data)
-        for key, value in changes.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        if not merged:
-            raise InvalidArgument("the patch would remove every key; DELETE the secret instead", path=path)
-        data = validate_data(merged, BROKER_PROFILE)
-        metadata = codec.decode_metadata(body.get("metadata"), current.metadata)
-        outcome = agents.write(path, data, metadata, expected_checksum=current.checksum)
+        if attempt:
+            time.sleep(random.uniform(0, 0.01 * 2**attempt))  # another writer won the race: back off
+        with agents.path_lock(path):
+            current = agents.read(path).require()
+            if expected is not None and current.checksum != expected:
+                raise Conflict(
+                    f"secret {path!r} changed: checksum is {current.checksum}, expected {expected}", path=path
+                )
+            merged = dict(current.data)
+            for key, value in changes.items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            if not merged:
+                raise InvalidArgument("the patch would remove every key; DELETE the secret instead", path=path)
+            data = validate_data(merged, BROKER_PROFILE)
+            metadata = codec.decode_metadata(body.get("metadata"), current.metadata)
+            outcome = agents.write(path, data, metadata, expected_checksum=current.checksum)
         if outcome.ok or expected is not None or not isinstance(outcome.error, Conflict):
             finish(outcome)
             return jsonify(write_json(outcome, attempts=attempt + 1))
