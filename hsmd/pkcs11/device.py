@@ -243,15 +243,14 @@ class Device:
             self._connected = True
 
     def _drop_locked(self) -> None:
+        # Only our own sessions: C_CloseAllSessions would also close those of another Token of this
+        # process on the same slot. Sessions borrowed right now are closed when they come back.
         self._epoch += 1
         while True:
             try:
                 self._pool.get_nowait().close()
             except queue.Empty:
                 break
-        if self.slot is not None:
-            with suppress(PyKCS11.PyKCS11Error):
-                self._lib.closeAllSessions(self.slot.slot)
 
     def mark_broken(self) -> None:
         """The device went away: drop every session; the next call reconnects (and logs in)."""

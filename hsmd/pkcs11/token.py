@@ -315,7 +315,7 @@ class Token:
                 remaining = {k: v for k, v in current_data.items() if k != key}
                 self._replace(s, path, remaining, current.metadata, records, values, current, current_data)
                 return
-            self._delete_all(s, path, records)
+            self._delete_all(s, path, records, current)
 
     # --- token ------------------------------------------------------------------------------
 
@@ -556,12 +556,29 @@ class Token:
         log.info("secret written", extra={"path": path, "generation": generation.number, "keys": len(data)})
         return WriteResult(checksum=new_checksum, changed=True)
 
-    def _delete_all(self, s: Session, path: str, records: builtins.list[ObjectRecord]) -> None:
-        tombstone = Generation(max_generation(records) + 1, {}, "", deleted=True)
-        marker = self._create_verified(s, path, METADATA_KEY, encode_metadata(SecretMetadata(), tombstone), "json")
-        for rec in sorted(records, key=lambda r: r.is_metadata):
-            self._destroy(s, rec.handle, path)
-        self._destroy(s, marker, path)
+    def _delete_all(self, s: Session, path: str, records: builtins.list[ObjectRecord], current: Version) -> None:
+        if current.generation is not None:
+            # Leftovers first (invisible). Then the visible generation's values: once the first is
+            # gone the generation is incomplete and, with no other generation left, the secret does
+            # not exist. No new object is needed, so a full token can still delete.
+            live = set(current.objects.values())
+            for rec in records:
+                if rec.handle not in live and rec.handle != current.metadata_handle:
+                    self._destroy(s, rec.handle, path)
+            for handle in sorted(live):
+                self._destroy(s, handle, path)
+            if current.metadata_handle is not None:
+                self._destroy(s, current.metadata_handle, path)
+        else:
+            # Go operator layout: every key object is visible on its own, so a tombstone generation
+            # hides them all at once before they are removed one by one; the tombstone goes last.
+            tombstone = Generation(max_generation(records) + 1, {}, "", deleted=True)
+            marker = self._create_verified(
+                s, path, METADATA_KEY, encode_metadata(SecretMetadata(), tombstone), "json"
+            )
+            for rec in sorted(records, key=lambda r: r.is_metadata):
+                self._destroy(s, rec.handle, path)
+            self._destroy(s, marker, path)
         log.info("secret deleted", extra={"path": path})
 
     def _create_verified(self, s: Session, path: str, key: str, value: bytes, data_type: str) -> int:
@@ -596,6 +613,7 @@ class Token:
                 ) from exc
             raise
         if (got_value or b"") != value or got_label != label.encode() or got_app != APPLICATION.encode():
+            self._destroy(s, handle, path)
             raise IntegrityError(
                 f"secret {path!r}: an object did not read back as written (token full or failing?)", path=path
             )
