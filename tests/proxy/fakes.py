@@ -74,7 +74,7 @@ class FakeAgent:
             if key is None:
                 del self.store[path]
                 return
-            data, meta = self.store[path]
+            data = self.store[path][0]
             if key not in data:
                 raise NotFound(f"key {key!r} not found", path=path)
             del data[key]

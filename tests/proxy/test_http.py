@@ -55,7 +55,7 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def auth(token: str = "tok-a") -> dict[str, str]:
+def auth(token: str = "tok-a") -> dict[str, str]:  # noqa: S107
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -81,7 +81,7 @@ class Env:
     def snapshot(self) -> list[dict[str, Any]]:
         return [dict(a.store) for a in self.agents]
 
-    def create(self, path: str, data: dict[str, bytes], token: str = "tok-a") -> Any:
+    def create(self, path: str, data: dict[str, bytes], token: str = "tok-a") -> Any:  # noqa: S107
         return self.client.post(f"/api/v1/hsm/secrets/{path}", json={"data": {k: b64(v) for k, v in data.items()}},
                                 headers=auth(token))
 
