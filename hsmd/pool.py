@@ -364,3 +364,76 @@ def agent_plan(pool_name: str, status: Mapping[str, Any]) -> list[dict[str, str]
             "hsmDeviceName": str((info or {}).get("hsmDeviceName") or ""),
         }
     return [plan[s] for s in sorted(plan)]
+
+
+AGENT_PIN_DIR = "/var/run/hsmd/pin"
+AGENT_GRPC_PORT = 9090
+AGENT_HEALTH_PORT = 8093
+CCID_DEVICE_TYPES = frozenset({"PicoHSM", "SmartCard-HSM", "Generic"})
+
+
+def agent_container_args(hsm_device_spec: Mapping[str, Any]) -> list[str]:
+    """``hsmd agent`` arguments for an HSMDevice (the PIN comes from the mounted pinSecret file).
+
+    InvalidArgument when the HSMDevice cannot be served (no PKCS#11 library or no pinSecret)."""
+    pkcs11 = hsm_device_spec.get("pkcs11") or {}
+    library = pkcs11.get("libraryPath") or hsm_device_spec.get("pkcs11LibraryPath")
+    if not library:
+        raise InvalidArgument("spec.pkcs11.libraryPath is not set")
+    pin = pkcs11.get("pinSecret") or {}
+    if not pin.get("name") or not pin.get("key"):
+        raise InvalidArgument("spec.pkcs11.pinSecret (name, key) is not set")
+    device_type = str(hsm_device_spec.get("deviceType") or "Generic")
+    args = ["agent", "--pkcs11-library", str(library)]
+    if pkcs11.get("tokenLabel"):
+        args += ["--token-label", str(pkcs11["tokenLabel"])]
+    else:
+        args += ["--slot", str(int(pkcs11.get("slotId") or 0))]
+    args += [
+        "--pin-file", f"{AGENT_PIN_DIR}/{pin['key']}",
+        "--listen", f"0.0.0.0:{AGENT_GRPC_PORT}",
+        "--health-listen", f"0.0.0.0:{AGENT_HEALTH_PORT}",
+        "--device-profile", device_type.lower(),
+    ]
+    if device_type in CCID_DEVICE_TYPES:
+        args.append("--pcscd")
+    return args
+
+
+def plan_agents(
+    pool_name: str, pool_namespace: str, status: Mapping[str, Any], hsm_devices: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(agents to deploy with their container args and PIN secret, problems per HSMDevice).
+
+    ``hsm_devices`` maps HSMDevice name -> object. A device whose HSMDevice is gone or cannot be
+    served gets no agent; the reason is returned once per HSMDevice (never a PIN, only names)."""
+    agents: list[dict[str, Any]] = []
+    problems: dict[str, str] = {}
+    refs = sorted(hsm_devices)
+    for entry in agent_plan(pool_name, status):
+        device_name = entry["hsmDeviceName"] or (refs[0] if len(refs) == 1 else "")
+        obj = hsm_devices.get(device_name)
+        if obj is None:
+            problems.setdefault(device_name or "?", "HSMDevice not found")
+            continue
+        spec = obj.get("spec") or {}
+        try:
+            args = agent_container_args(spec)
+        except InvalidArgument as exc:
+            problems.setdefault(device_name, str(exc))
+            continue
+        pin = (spec.get("pkcs11") or {}).get("pinSecret") or {}
+        if pin.get("namespace") and pin["namespace"] != pool_namespace:
+            problems.setdefault(device_name, f"pinSecret must be in the pool's namespace {pool_namespace}")
+            continue
+        device_type = str(spec.get("deviceType") or "Generic")
+        agents.append(dict(
+            entry,
+            hsmDeviceName=device_name,
+            deviceType=device_type,
+            args=args,
+            pinSecretName=str(pin["name"]),
+            pinSecretKey=str(pin["key"]),
+            usb=device_type != "SoftHSM",
+        ))
+    return agents, [{"hsmDeviceName": k, "message": v} for k, v in sorted(problems.items())]

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsmd import kube, pool
-from hsmd.errors import InvalidArgument
+from hsmd.errors import InvalidArgument, NotFound
+from hsmd.status import merge_conditions
 
 DISCOVERY_SELECTOR = "app.kubernetes.io/component=discovery"
 POOLS = kube.Resource(kube.API_VERSION, "HSMPool", "hsmpools", namespaced=True, has_status=True)
@@ -20,7 +21,8 @@ POOLS = kube.Resource(kube.API_VERSION, "HSMPool", "hsmpools", namespaced=True, 
 @dataclass(frozen=True)
 class PoolResult:
     status: dict[str, Any]
-    agents: list[dict[str, str]]
+    agents: list[dict[str, Any]]
+    problems: list[dict[str, str]]
     changed: bool
     pods: int
 
@@ -34,13 +36,15 @@ def refresh(
     discovery_namespace: str | None = None,
     label_selector: str = DISCOVERY_SELECTOR,
     expected_pods: int | None = None,
+    daemonset: str | None = None,
     grace_period: str | None = None,
     now: str | None = None,
     check_mode: bool = False,
     write: bool = True,
 ) -> PoolResult:
     """Aggregate the HSMPool ``namespace/name`` from its discovery pods (listed when ``pods`` is None)
-    and write the status when it differs (unless ``check_mode`` or not ``write``)."""
+    and write the status when it differs (unless ``check_mode`` or not ``write``). Expected pods:
+    ``expected_pods``, else the discovery DaemonSet's desiredNumberScheduled, else the pod count."""
     obj = kube.get_object(api, POOLS, name, namespace)
     spec = obj.get("spec") or {}
     refs = spec.get("hsmDeviceRefs")
@@ -48,6 +52,8 @@ def refresh(
         raise InvalidArgument(f"HSMPool {namespace}/{name} has no spec.hsmDeviceRefs")
     if pods is None:
         pods = list(kube.iter_pods(api, discovery_namespace or namespace, label_selector))
+    if expected_pods is None and daemonset:
+        expected_pods = desired_pods(api, discovery_namespace or namespace, daemonset)
     previous = obj.get("status") if isinstance(obj.get("status"), dict) else {}
     status = pool.aggregate(
         pods,
@@ -59,6 +65,10 @@ def refresh(
         namespace=namespace,
         generation=(obj.get("metadata") or {}).get("generation"),
     )
+    devices = _hsm_devices(api, namespace, [str(r) for r in refs])
+    agents, problems = pool.plan_agents(name, namespace, status, devices)
+    status["conditions"] = merge_conditions(status.get("conditions"), [_agents_condition(agents, problems, obj)],
+                                            now=status.get("lastAggregationTime"))
     changed = previous != status
     if write and changed:
         update = kube.update_status(
@@ -66,4 +76,42 @@ def refresh(
             check_mode=check_mode, now=now, resource=POOLS,
         )
         changed = update.changed
-    return PoolResult(status=status, agents=pool.agent_plan(name, status), changed=changed, pods=len(pods))
+    return PoolResult(status=status, agents=agents, problems=problems, changed=changed, pods=len(pods))
+
+
+HSMDEVICES = kube.Resource(kube.API_VERSION, "HSMDevice", "hsmdevices", namespaced=True, has_status=True)
+
+
+def _hsm_devices(api: Any, namespace: str, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            found[name] = kube.get_object(api, HSMDEVICES, name, namespace)
+        except NotFound:
+            continue
+    return found
+
+
+def _agents_condition(
+    agents: Sequence[Mapping[str, Any]], problems: Sequence[Mapping[str, str]], pool_obj: Mapping[str, Any]
+) -> dict[str, Any]:
+    condition: dict[str, Any] = {"type": "AgentsPlanned", "status": "True", "reason": "Planned",
+                                 "message": f"{len(agents)} agent(s) planned"}
+    if problems:
+        text = "; ".join(f"{p['hsmDeviceName']}: {p['message']}" for p in problems)
+        condition.update(status="False", reason="InvalidHSMDevice", message=text)
+    generation = (pool_obj.get("metadata") or {}).get("generation")
+    if isinstance(generation, int):
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def desired_pods(api: Any, namespace: str, daemonset: str) -> int | None:
+    """How many pods the discovery DaemonSet wants (None when it does not exist)."""
+    daemonsets = kube.Resource("apps/v1", "DaemonSet", "daemonsets", namespaced=True, has_status=True)
+    try:
+        obj = kube.get_object(api, daemonsets, daemonset, namespace)
+    except NotFound:
+        return None
+    desired = (obj.get("status") or {}).get("desiredNumberScheduled")
+    return desired if isinstance(desired, int) and not isinstance(desired, bool) else None

@@ -235,3 +235,47 @@ def test_agent_plan_skips_unavailable_and_serialless() -> None:
     plan = agent_plan("pool", status)
     assert [(a["serialNumber"], a["nodeName"]) for a in plan] == [("A", "w1"), ("B", "w2")]
     assert plan[1]["hsmDeviceName"] == "pico" and plan[0]["name"] == "hsm-agent-pool-a"
+
+
+def test_agent_container_args() -> None:
+    from hsmd.pool import agent_container_args
+
+    spec = {"deviceType": "SmartCard-HSM", "pkcs11": {"libraryPath": "/usr/lib/opensc-pkcs11.so", "tokenLabel": "HSM1",
+                                                      "pinSecret": {"name": "hsm-pin", "key": "pin"}}}
+    args = agent_container_args(spec)
+    assert args[:5] == ["agent", "--pkcs11-library", "/usr/lib/opensc-pkcs11.so", "--token-label", "HSM1"]
+    assert args[args.index("--pin-file") + 1] == "/var/run/hsmd/pin/pin"
+    assert args[args.index("--device-profile") + 1] == "smartcard-hsm" and args[-1] == "--pcscd"
+    soft = agent_container_args({"deviceType": "SoftHSM", "pkcs11": {"libraryPath": "/l.so", "slotId": 3,
+                                                                      "pinSecret": {"name": "p", "key": "k"}}})
+    assert "--slot" in soft and soft[soft.index("--slot") + 1] == "3" and "--pcscd" not in soft
+    with pytest.raises(InvalidArgument):
+        agent_container_args({"deviceType": "PicoHSM", "pkcs11": {"libraryPath": "/l.so"}})
+    with pytest.raises(InvalidArgument):
+        agent_container_args({"deviceType": "PicoHSM", "pkcs11": {"pinSecret": {"name": "p", "key": "k"}}})
+
+
+def test_plan_agents_reports_problems_without_agents() -> None:
+    from hsmd.pool import plan_agents
+
+    status = {"aggregatedDevices": [
+        {"serialNumber": "A", "available": True, "nodeName": "w1", "devicePath": "/d/1",
+         "deviceInfo": {"hsmDeviceName": "good"}},
+        {"serialNumber": "B", "available": True, "nodeName": "w2", "devicePath": "/d/2",
+         "deviceInfo": {"hsmDeviceName": "nopin"}},
+        {"serialNumber": "C", "available": True, "nodeName": "w2", "devicePath": "/d/3",
+         "deviceInfo": {"hsmDeviceName": "gone"}},
+        {"serialNumber": "D", "available": True, "nodeName": "w3", "devicePath": "/d/4",
+         "deviceInfo": {"hsmDeviceName": "elsewhere"}},
+    ]}
+    pin = {"name": "hsm-pin", "key": "pin"}
+    devices = {
+        "good": {"spec": {"deviceType": "PicoHSM", "pkcs11": {"libraryPath": "/l.so", "pinSecret": pin}}},
+        "nopin": {"spec": {"deviceType": "PicoHSM", "pkcs11": {"libraryPath": "/l.so"}}},
+        "elsewhere": {"spec": {"deviceType": "PicoHSM", "pkcs11": {"libraryPath": "/l.so",
+                                                                    "pinSecret": dict(pin, namespace="other")}}},
+    }
+    agents, problems = plan_agents("pool", "hsm", status, devices)
+    assert [(a["serialNumber"], a["pinSecretName"], a["usb"]) for a in agents] == [("A", "hsm-pin", True)]
+    assert [p["hsmDeviceName"] for p in problems] == ["elsewhere", "gone", "nopin"]
+    assert "pinSecret" in problems[2]["message"]

@@ -36,8 +36,13 @@ options:
     elements: dict
   expected_pods:
     description:
-      - How many discovery pods should report (the DaemonSet's desired count). Defaults to the number of pods.
+      - How many discovery pods should report. Defaults to the C(desiredNumberScheduled) of
+        O(discovery_daemonset) when that exists, else to the number of pods.
     type: int
+  discovery_daemonset:
+    description:
+      - Name of the discovery DaemonSet (in O(discovery_namespace)), for the default of O(expected_pods).
+    type: str
   grace_period:
     description:
       - How long a report or a device stays valid, as a Go duration (C(30s), C(5m), C(1h30m)).
@@ -150,7 +155,10 @@ status:
       type: list
       elements: dict
 agents:
-  description: One agent per available device serial, pinned to its node - what the hsm_pool role deploys.
+  description:
+    - One agent per available device serial, pinned to its node - what the hsm_pool role deploys.
+    - In pool mode each entry also carries the agent's container C(args), C(deviceType), C(pinSecretName),
+      C(pinSecretKey) and C(usb) (whether C(/dev/bus/usb) must be mounted), from the device's HSMDevice.
   returned: always
   type: list
   elements: dict
@@ -171,6 +179,12 @@ agents:
     hsmDeviceName:
       description: HSMDevice the device was discovered for.
       type: str
+problems:
+  description: HSMDevices whose devices get no agent, and why (also in the pool's C(AgentsPlanned) condition).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"hsmDeviceName": "pico", "message": "spec.pkcs11.pinSecret (name, key) is not set"}]
 pods:
   description: Number of discovery pods considered.
   returned: always
@@ -191,6 +205,7 @@ def main():
     argument_spec = dict(
         pods=dict(type="list", elements="dict"),
         expected_pods=dict(type="int"),
+        discovery_daemonset=dict(type="str"),
         grace_period=dict(type="str"),
         now=dict(type="str"),
         previous_status=dict(type="dict"),
@@ -217,9 +232,11 @@ def main():
             module, pool_status.refresh, api, p["namespace"], p["name"],
             pods=p["pods"], discovery_namespace=p["discovery_namespace"],
             label_selector=p["discovery_label_selector"], expected_pods=p["expected_pods"],
+            daemonset=p["discovery_daemonset"],
             grace_period=p["grace_period"], now=p["now"], check_mode=module.check_mode,
         )
-        module.exit_json(changed=result.changed, status=result.status, agents=result.agents, pods=result.pods)
+        module.exit_json(changed=result.changed, status=result.status, agents=result.agents,
+                         problems=result.problems, pods=result.pods)
     pool = import_hsmd("pool")
     pods = p["pods"] or []
     status = run(
@@ -229,7 +246,7 @@ def main():
         hsm_devices=p["hsm_devices"],
     )
     agents = pool.agent_plan(p["name"] or "pool", status)
-    module.exit_json(changed=False, status=status, agents=agents, pods=len(pods))
+    module.exit_json(changed=False, status=status, agents=agents, problems=[], pods=len(pods))
 
 
 if __name__ == "__main__":
