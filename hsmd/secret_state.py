@@ -13,6 +13,8 @@ silently overwritten. All input is validated before the first write: bad input l
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -198,7 +200,7 @@ def plan(current: model.Secret | None, item: Desired, now: datetime | None = Non
     """(action, metadata to write, diff) for one validated item against its current state."""
     if item.state == ABSENT:
         action = "deleted" if current is not None else "unchanged"
-        return action, None, {"before": _view(current), "after": {} if current is not None else _view(current)}
+        return action, None, {"before": _view(current), "after": {}}
     assert item.data is not None
     new_checksum = model.checksum(item.data)
     metadata = desired_metadata(current.metadata if current is not None else None, item.metadata, now)
@@ -254,3 +256,88 @@ def apply(
                 raise BatchFailed(exc, results, item.path) from exc
         results.append(ItemResult(item.path, item.state, action, changed, checksum, keys, diff))
     return results
+
+
+# --- module input and the info module's answer ---------------------------------------------------
+
+
+def data_from_params(
+    data: Mapping[str, Any] | None, data_b64: Mapping[str, Any] | None, *, where: str = "secret"
+) -> dict[str, bytes] | None:
+    """``data`` (text values, stored UTF-8) and/or ``data_b64`` (base64 values, for binary) -> bytes.
+
+    A key given in both is an error; errors name the key, never the value."""
+    if data is None and data_b64 is None:
+        return None
+    out: dict[str, bytes] = {}
+    for key, value in (data or {}).items():
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{where}: data.{key} must be a string (use data_b64 for binary values)")
+        out[str(key)] = value.encode("utf-8")
+    for key, value in (data_b64 or {}).items():
+        if key in out:
+            raise InvalidArgument(f"{where}: key {key!r} is given in both data and data_b64")
+        try:
+            out[str(key)] = base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgument(f"{where}: data_b64.{key} is not valid base64") from None
+    return out
+
+
+def desired_from_params(entries: Sequence[Mapping[str, Any]]) -> list[Desired]:
+    """Module parameters (one dict per secret: path, state, data, data_b64, metadata) -> Desired."""
+    out: list[Desired] = []
+    for index, entry in enumerate(entries):
+        where = f"secrets[{index}]" if len(entries) > 1 else "secret"
+        out.append(
+            Desired(
+                path=str(entry.get("path") or ""),
+                state=str(entry.get("state") or PRESENT),
+                data=data_from_params(entry.get("data"), entry.get("data_b64"), where=where),
+                metadata=entry.get("metadata"),
+            )
+        )
+    return out
+
+
+def describe(
+    backend: Any,
+    *,
+    paths: Sequence[str] | None = None,
+    prefix: str = "",
+    return_content: bool = False,
+) -> list[dict[str, Any]]:
+    """What ``hsm_secret_info`` returns: per secret its path, checksum, key names and metadata;
+    values (``data`` as text where it is UTF-8, ``data_b64`` always) only with ``return_content``.
+
+    ``paths`` given: exactly those (a missing one is reported with ``exists: false``);
+    otherwise every secret under ``prefix``."""
+    if paths is not None:
+        wanted = [model.validate_path(p) for p in paths]
+    else:
+        wanted = list(backend.list(model.validate_prefix(prefix)))
+    current = read_current(backend, wanted)
+    out: list[dict[str, Any]] = []
+    for path in wanted:
+        secret = current[path]
+        if secret is None:
+            out.append({"path": path, "exists": False})
+            continue
+        entry: dict[str, Any] = {
+            "path": path,
+            "exists": True,
+            "checksum": secret.checksum,
+            "keys": sorted(secret.data),
+            "metadata": secret.metadata.to_json_dict(),
+        }
+        if return_content:
+            text: dict[str, str] = {}
+            for key, value in secret.data.items():
+                try:
+                    text[key] = bytes(value).decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+            entry["data"] = text
+            entry["data_b64"] = {k: base64.b64encode(bytes(v)).decode("ascii") for k, v in secret.data.items()}
+        out.append(entry)
+    return out

@@ -613,3 +613,30 @@ def secret_checksums(
             ref = render.controller_of(secret) or {}
             out[(namespace, secret["metadata"]["name"])] = (str(ref.get("uid") or ""), render.secret_checksum(secret))
     return out
+
+
+# --- helpers for adapters (the module) ------------------------------------------------------------
+
+
+def load_policy(policy_file: str | None = None, policy: Mapping[str, Any] | None = None) -> Policy:
+    """The access policy from a file or an inline mapping; neither: the operator default."""
+    if policy_file and policy is not None:
+        raise InvalidArgument("give the access policy as a file or inline, not both")
+    if policy is not None:
+        return Policy.from_dict(dict(policy), source="policy")
+    if policy_file:
+        try:
+            with open(policy_file, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read the policy file {policy_file}: {exc.strerror}") from None
+        return Policy.parse(text, source=policy_file)
+    return Policy.operator_default()
+
+
+def summarize(outcomes: Iterable[SyncOutcome]) -> dict[str, dict[str, int]]:
+    """Counts per Ready reason and per action."""
+    summary = render.Summary()
+    for outcome in outcomes:
+        summary.add(outcome.reason or "Skipped", outcome.action)
+    return {"reasons": summary.reasons, "actions": summary.actions}
