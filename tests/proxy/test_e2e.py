@@ -116,7 +116,7 @@ def test_crud_through_the_broker_reaches_every_device(broker: Broker) -> None:
 
 def test_import_and_export(broker: Broker) -> None:
     items = [{"path": f"team-a/bulk/s{i}", "data": {"k": b64(f"v{i}".encode())}} for i in range(20)]
-    r = broker.call("POST", "/api/v1/hsm/import", json={"secrets": items + [{"path": "ops/x", "data": {"k": "dg=="}}]})
+    r = broker.call("POST", "/api/v1/hsm/import", json={"secrets": [*items, {"path": "ops/x", "data": {"k": "dg=="}}]})
     assert r.status_code == 207, r.text
     summary = r.json()["summary"]
     assert summary == {"total": 21, "succeeded": 20, "failed": 1}
