@@ -14,3 +14,9 @@ How the pieces fit:
 """
 
 from __future__ import annotations
+
+import os
+
+# The operator forks ansible-playbook (pexpect) while its gRPC channels to the agents are open.
+# The children never use gRPC, so gRPC's fork handlers are not needed (and only log warnings).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")

@@ -31,6 +31,7 @@ from typing import Any
 
 import ansible_runner
 
+import hsmd
 from hsmd.operator.params import batch_extravars, dump_extravars, object_extravars
 from hsmd.operator.watches import Watch
 
@@ -131,6 +132,10 @@ class AnsibleRunner:
             "PYTHONDONTWRITEBYTECODE": "1",
             # the venv's ansible-playbook and modules first, whether or not the venv is activated
             "PATH": os.pathsep.join([str(Path(self.python).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+            # modules import the same hsmd as this process, installed or run from a checkout
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(Path(hsmd.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p
+            ),
         }
         if self.ansible_config:
             env["ANSIBLE_CONFIG"] = self.ansible_config
@@ -255,14 +260,15 @@ class AnsibleRunner:
             data = event.get("event_data") or {}
             action = str(data.get("resolved_action") or data.get("task_action") or "")
             wanted = action in self.result_actions or data.get("task_action") in self.result_actions
-            if kind == "runner_on_ok" and wanted:
+            if kind in ("runner_on_ok", "runner_on_failed") and wanted:
                 res = dict(data.get("res") or {})
                 res.pop("invocation", None)
                 short = action.rsplit(".", 1)[-1]
                 results.setdefault(short, []).append(res)
-                if on_event is not None:
-                    on_event(event)
-                return False  # consumed in memory; the batch need not be on disk
+                if kind == "runner_on_ok":
+                    if on_event is not None:
+                        on_event(event)
+                    return False  # consumed in memory; the batch need not be on disk
             if kind in ("runner_on_failed", "runner_on_unreachable"):
                 res = data.get("res") or {}
                 message = str(res.get("msg") or res.get("reason") or "failed")

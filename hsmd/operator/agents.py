@@ -1,0 +1,260 @@
+"""Which agents serve an HSMSecret, and the two things the fast path asks them.
+
+Static agents (``--agent HOST:PORT``, repeatable) serve every HSMSecret: one agent is used as
+is, several are the mirrors of one pool and are read through ``hsmd.fanout.AgentSet`` (resolved
+reads). In a cluster, without ``--agent``, an HSMSecret is served by the agents of its pool:
+``spec.parentRef`` names an HSMPool (or an HSMDevice, whose pool is ``<device>-pool``); without a
+parentRef, the only HSMPool of its namespace. Pool membership comes from
+``hsmd.fanout.agents_from_pool`` and is refreshed every ``pool_ttl`` seconds.
+
+``AgentGroup.checksums`` is the fast path's one batch RPC per agent; ``AgentGroup.read_many`` is
+what ``hsmd.sync.sync_batch`` reads through. ``ChangeSubscriber`` follows one agent's WatchChanges
+stream, reconnecting with backoff and resuming from the last sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from hsmd import fanout
+from hsmd.agent.client import AgentClient, Change, ClientTLS
+from hsmd.errors import HsmdError, NotFound, Unavailable
+from hsmd.model import Secret
+
+log = logging.getLogger("hsmd.operator.agents")
+
+# A path whose agents disagree about its checksum: never equal to any recorded checksum.
+DISAGREE = "disagree"
+
+
+class AgentGroup:
+    """The agents holding one set of secrets (one agent, or the mirrors of a pool)."""
+
+    def __init__(self, addresses: Sequence[str], *, tls: ClientTLS | None = None, timeout: float = 10.0) -> None:
+        self.addresses = tuple(sorted(addresses))
+        self.clients = [AgentClient(a, tls=tls, timeout=timeout) for a in self.addresses]
+        self._set: fanout.AgentSet | None = None
+        if len(self.clients) > 1:
+            self._set = fanout.AgentSet(self.clients, quorum="majority")
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return self.addresses
+
+    def read_many(self, paths: Sequence[str]) -> dict[str, Secret | HsmdError]:
+        if self._set is None:
+            return self.clients[0].read_many(paths)
+        out: dict[str, Secret | HsmdError] = {}
+        for path, outcome in self._set.read_many(paths).items():
+            try:
+                out[path] = outcome.require()
+            except HsmdError as err:
+                out[path] = err
+        return out
+
+    def checksums(self, paths: Sequence[str]) -> dict[str, str | None]:
+        """path -> checksum (None: no secret there; DISAGREE: the mirrors differ). Raises
+        Unavailable when no agent answers."""
+        answers: list[Mapping[str, str]] = []
+        errors: list[HsmdError] = []
+        for client in self.clients:
+            try:
+                answers.append(client.checksums(paths=list(paths)))
+            except HsmdError as err:
+                errors.append(err)
+        if not answers:
+            raise errors[0] if errors else Unavailable("no agent answered")
+        out: dict[str, str | None] = {}
+        for path in paths:
+            seen = {a.get(path) for a in answers}
+            # agreement of every agent that answered, and those are a majority of the pool
+            if len(seen) == 1 and (not errors or len(answers) * 2 > len(self.clients)):
+                out[path] = next(iter(seen))
+            else:
+                out[path] = DISAGREE
+        return out
+
+    def close(self) -> None:
+        if self._set is not None:
+            self._set.close()
+        else:
+            for client in self.clients:
+                client.close()
+
+
+class Agents:
+    """Resolves the AgentGroup of each HSMSecret; owns the clients."""
+
+    def __init__(
+        self,
+        static: Sequence[str] = (),
+        *,
+        tls: ClientTLS | None = None,
+        timeout: float = 10.0,
+        api: Any = None,
+        pool_ttl: float = 30.0,
+    ) -> None:
+        self.tls = tls
+        self.timeout = timeout
+        self.api = api
+        self.pool_ttl = pool_ttl
+        self._lock = threading.Lock()
+        self._static = AgentGroup(static, tls=tls, timeout=timeout) if static else None
+        self._groups: dict[tuple[str, ...], AgentGroup] = {}
+        self._pools: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
+
+    @property
+    def static(self) -> AgentGroup | None:
+        return self._static
+
+    def first_address(self) -> str | None:
+        return self._static.addresses[0] if self._static else None
+
+    def groups(self) -> list[AgentGroup]:
+        with self._lock:
+            out = list(self._groups.values())
+        return ([self._static] if self._static else []) + out
+
+    def _group(self, addresses: tuple[str, ...]) -> AgentGroup | None:
+        if not addresses:
+            return None
+        with self._lock:
+            group = self._groups.get(addresses)
+            if group is None:
+                group = AgentGroup(addresses, tls=self.tls, timeout=self.timeout)
+                self._groups[addresses] = group
+            return group
+
+    def pool_of(self, hsmsecret: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(namespace, HSMPool name) serving an HSMSecret in a cluster; None when undetermined."""
+        meta = hsmsecret.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "")
+        ref = (hsmsecret.get("spec") or {}).get("parentRef") or {}
+        if isinstance(ref, Mapping) and ref.get("name"):
+            ns = str(ref.get("namespace") or namespace)
+            name = str(ref["name"])
+            return (ns, name if ref.get("kind", "HSMPool") == "HSMPool" else f"{name}-pool")
+        if self.api is None:
+            return None
+        from hsmd import kube
+
+        try:
+            listing = kube.request(self.api, "GET", f"/apis/{kube.API_VERSION}/namespaces/{namespace}/hsmpools")
+        except Exception:
+            return None
+        items = listing.get("items") or []
+        if len(items) == 1:
+            return (namespace, str(items[0]["metadata"]["name"]))
+        return None
+
+    def for_object(self, hsmsecret: Mapping[str, Any]) -> AgentGroup | None:
+        if self._static is not None:
+            return self._static
+        if self.api is None:
+            return None
+        pool = self.pool_of(hsmsecret)
+        if pool is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            cached = self._pools.get(pool)
+        if cached is None or now - cached[0] > self.pool_ttl:
+            try:
+                addresses = tuple(sorted(fanout.agents_from_pool(self.api, pool[0], pool[1])))
+            except NotFound:
+                addresses = ()
+            except HsmdError as err:
+                log.warning("could not resolve the agents of a pool", extra={"pool": "/".join(pool), "error": str(err)})
+                addresses = cached[1] if cached else ()
+            with self._lock:
+                self._pools[pool] = (now, addresses)
+        else:
+            addresses = cached[1]
+        return self._group(addresses)
+
+    def close(self) -> None:
+        for group in self.groups():
+            group.close()
+
+
+class ChangeSubscriber:
+    """Follows one agent's change stream until stopped; reconnects with backoff.
+
+    ``on_change(address, change)`` gets WRITTEN/DELETED changes; ``on_resync(address, why)`` is
+    called when events may have been missed (RESYNC from the agent, a new epoch, a reconnect)."""
+
+    def __init__(
+        self,
+        client: AgentClient,
+        on_change: Callable[[str, Change], None],
+        on_resync: Callable[[str, str], None],
+        *,
+        backoff_cap: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.on_change = on_change
+        self.on_resync = on_resync
+        self.backoff_cap = backoff_cap
+        self._stop = threading.Event()
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"changes-{client.address}", daemon=True)
+        self.epoch = ""
+        self.sequence = 0
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):  # already gone
+                stream.stop()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._stream = self.client.watch_changes(since=self.sequence if self.epoch else 0)
+                first = True
+                for change in self._stream:
+                    if self._stop.is_set():
+                        break
+                    if first:
+                        first = False
+                        failures = 0
+                        self.connected.set()
+                        if change.epoch != self.epoch:
+                            # a new agent process (or our first connection): we cannot know what changed
+                            if self.epoch:
+                                self.on_resync(self.client.address, "agent restarted")
+                            self.epoch = change.epoch
+                        elif change.kind != "resync" and self.sequence:
+                            pass  # resumed where we left off
+                    if change.kind == "resync":
+                        self.on_resync(self.client.address, "agent asked for a resync")
+                    elif change.kind in ("written", "deleted"):
+                        self.on_change(self.client.address, change)
+                    if change.sequence:
+                        self.sequence = max(self.sequence, change.sequence)
+                if self._stop.is_set():
+                    break
+                raise Unavailable("change stream ended")
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                self.connected.clear()
+                failures += 1
+                delay = min(self.backoff_cap, 0.2 * 2 ** min(failures - 1, 8)) * (0.5 + random.random() / 2)
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("agent change stream interrupted", extra={"agent": self.client.address,
+                                                                          "error": str(exc)[:200], "retry_in": delay})
+                self._stop.wait(delay)
