@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from hsmd.errors import FailedPrecondition, HsmdError, InvalidArgument, Permissi
 from hsmd.pkcs11 import ckr
 
 FIND_BATCH = 256
+SESSION_WAIT = 60.0  # seconds a caller waits for a free session of the pool
 
 # SoftHSM2 reads SOFTHSM2_CONF once per process, when the library is first initialized. Remember
 # which configuration each library was first loaded with, so helpers can tell whether this
@@ -272,19 +274,23 @@ class Device:
         with self._lock:
             self._connected = False
             self._drop_locked()
-            self._refused = self._refused or Unavailable("the token is closed")
+            self._refused = self._refused or FailedPrecondition("the token is closed")
 
     # --- sessions ---------------------------------------------------------------------------
 
     @contextmanager
     def session(self, action: str, *, path: str | None = None) -> Iterator[Session]:
         """Borrow a session for a sequence of calls; PyKCS11 errors leave as hsmd errors."""
-        if not self._connected:
-            self.connect()
-        try:
-            sess = self._pool.get(timeout=60)
-        except queue.Empty:
-            raise Unavailable("no token session became free within 60 s") from None
+        deadline = time.monotonic() + SESSION_WAIT
+        while True:
+            if not self._connected:
+                self.connect()  # after the device went away: new sessions, one login
+            try:
+                sess = self._pool.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"no token session became free within {SESSION_WAIT:.0f} s") from None
         broken = False
         try:
             yield sess

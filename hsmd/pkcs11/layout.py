@@ -9,7 +9,8 @@ crash); the reader rule below picks the one that is complete, so a replace is al
 
 * among the metadata objects of a path that carry generation info, the highest generation whose
   every key has an object with that label and exactly that value digest wins; a winning
-  generation marked ``deleted`` (a tombstone) means the secret does not exist;
+  generation marked ``deleted`` (a tombstone, used to delete a Go-layout secret atomically) means
+  the secret does not exist;
 * when metadata objects with generation info exist but none is complete, the secret does not
   exist (a first write that did not finish);
 * with no generation info at all the secret is in the Go operator's layout: every object

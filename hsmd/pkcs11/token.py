@@ -14,7 +14,9 @@ rule it relies on and docs/token.md for the whole story):
    point; a crash or a full token before that leaves the previous version visible;
 5. destroy the older metadata objects, then the key objects G does not name.
 
-A delete writes a tombstone generation first, then removes everything else, the tombstone last.
+A delete removes leftovers, then the visible generation's values (the first one removed makes it
+incomplete, so the secret is gone), then its metadata: no new object is needed, so a full token can
+still delete. A secret in the Go layout is hidden by a tombstone generation first.
 
 Finding objects on a token costs time proportional to the number of objects on it (SoftHSM2
 rescans its directory on every C_FindObjectsInit: ~25 ms at 1,000 objects), so the token keeps an
