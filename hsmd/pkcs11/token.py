@@ -168,6 +168,7 @@ class Token:
         self._by_path: dict[str, set[int]] = {}
         self._foreign: set[int] = set()
         self._index_time = -1.0
+        self._index_epoch = -1
         self._index_lock = threading.RLock()
         self._locks: dict[str, _RWLock] = {}
         self._locks_lock = threading.Lock()
@@ -371,6 +372,13 @@ class Token:
 
     def _ensure_index(self, s: Session, max_age: float) -> None:
         with self._index_lock:
+            if s.epoch > self._index_epoch:
+                # a reconnect: after a device was removed and re-inserted, handles may name other objects
+                self._index.clear()
+                self._by_path.clear()
+                self._foreign.clear()
+                self._index_time = -1.0
+                self._index_epoch = s.epoch
             if self._index_time >= 0 and time.monotonic() - self._index_time <= max_age:
                 return
             started = time.monotonic()

@@ -307,3 +307,23 @@ def test_metadata_json_has_the_go_fields_and_generation(token: Token) -> None:
     for field in ("description", "labels", "format", "dataType", "createdAt", "source"):
         assert field in doc
     assert doc["hsmd"]["generation"] >= 1 and set(doc["hsmd"]["keys"]) == {"k"}
+
+
+def test_objects_carry_exactly_the_contract_attributes(token: Token) -> None:
+    import PyKCS11
+
+    from hsmd.model import data_type_oid
+
+    token.write("attrs", {"k": b"value"}, SecretMetadata(data_type="pem"))
+    wanted = [PyKCS11.CKA_CLASS, PyKCS11.CKA_TOKEN, PyKCS11.CKA_PRIVATE, PyKCS11.CKA_MODIFIABLE,
+              PyKCS11.CKA_APPLICATION, PyKCS11.CKA_LABEL, PyKCS11.CKA_OBJECT_ID, PyKCS11.CKA_VALUE]
+    seen = {}
+    with token._device.session("inspect") as s:
+        for handle, entry in token._snapshot("attrs"):
+            seen[entry.key] = s.attributes(handle, wanted)
+    cko_data = PyKCS11.CKO_DATA.to_bytes(8, "little")
+    assert seen["k"] == [cko_data, b"\x01", b"\x01", b"\x01", b"hsm-secrets-operator", b"attrs/k",
+                         data_type_oid("pem"), b"value"]
+    meta = seen["_metadata"]
+    assert meta[:6] == [cko_data, b"\x01", b"\x01", b"\x01", b"hsm-secrets-operator", b"attrs/_metadata"]
+    assert meta[6] == data_type_oid("json") and json.loads(meta[7])["dataType"] == "pem"
