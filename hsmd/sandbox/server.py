@@ -629,6 +629,7 @@ class Handler(BaseHTTPRequestHandler):
     def _nonresource(self, method: str, path: str, query: dict[str, str]) -> None:
         if method not in ("GET", "HEAD"):
             raise method_not_allowed()
+        path = path.rstrip("/") or "/"
         cluster = self.server.cluster
         if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
             self._send(200, b"ok", b"text/plain; charset=utf-8")
