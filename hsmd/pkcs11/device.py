@@ -8,6 +8,7 @@ C_FindObjectsFinal triple never interleaves with another caller's (CKR_OPERATION
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -22,6 +23,8 @@ from PyKCS11 import LowLevel
 
 from hsmd.errors import FailedPrecondition, HsmdError, InvalidArgument, PermissionDenied, Unavailable
 from hsmd.pkcs11 import ckr
+
+log = logging.getLogger("hsmd.pkcs11")
 
 FIND_BATCH = 256
 SESSION_WAIT = 60.0  # seconds a caller waits for a free session of the pool
@@ -243,6 +246,7 @@ class Device:
                 self._pool.put(s)
             self.slot = found
             self._connected = True
+            log.info("token sessions opened", extra={"slot": found.slot, "sessions": len(opened), "epoch": self._epoch})
 
     def _drop_locked(self) -> None:
         # Only our own sessions: C_CloseAllSessions would also close those of another Token of this
@@ -298,6 +302,8 @@ class Device:
             err = ckr.translate(exc, action, path=path)
             if ckr.needs_reconnect(exc):
                 broken = True
+                name = ckr.ckr_name(int(exc.value))
+                log.warning("token connection lost; the next call reconnects", extra={"ckr": name})
             raise err from exc
         finally:
             if broken:
