@@ -412,14 +412,20 @@ def _before(owned: Mapping[str, Any] | None) -> tuple[tuple[str, ...], str | Non
 
 
 def _source_gone(target: Target, owned: Mapping[str, Any] | None, reason: str, message: str) -> Decision:
-    """The source is missing or forbidden: keep the owned Secret unless deletionPolicy: Delete."""
+    """The source is missing or forbidden: keep the owned Secret unless deletionPolicy: Delete.
+
+    The message is the same when the Secret is deleted and on every later sync that finds it gone,
+    so the status settles and no further Events are emitted."""
     ref = f"{target.namespace}/{target.secret_name}"
+    if target.deletion_policy == DELETE:
+        message = f"{message}; Secret {ref} is removed (deletionPolicy Delete)"
+        if owned is None:
+            return Decision("none", reason, message)
+        keys, checksum = _before(owned)
+        return Decision("delete", reason, message, before_keys=keys, before_checksum=checksum)
     if owned is None:
         return Decision("none", reason, message)
     keys, checksum = _before(owned)
-    if target.deletion_policy == DELETE:
-        return Decision("delete", reason, f"{message}; deleted Secret {ref} (deletionPolicy Delete)",
-                        before_keys=keys, before_checksum=checksum)
     return Decision("none", reason, f"{message}; kept Secret {ref} (deletionPolicy Retain)",
                     secret_checksum=checksum, secret_exists=True, keys=keys, before_keys=keys, before_checksum=checksum)
 

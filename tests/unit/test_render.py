@@ -364,3 +364,17 @@ def test_decision_diff_has_key_names_and_checksums_only() -> None:
 
 def test_timestamp_is_rfc3339_utc() -> None:
     assert render.timestamp(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == NOW
+
+
+def test_source_gone_settles_after_the_delete() -> None:
+    obj = hsmsecret(deletionPolicy="Delete")
+    t = render.parse_target(obj)
+    secret = existing_from(render.decide(t, source({"k": VALUE}), None))
+    apply_status(obj, render.decide(t, source({"k": VALUE}), None), NOW, changed=True)
+    deleted = render.decide(t, NotFound("gone"), secret)
+    apply_status(obj, deleted, NOW, changed=True)
+    later = render.decide(t, NotFound("gone"), None)
+    assert later.action == "none" and later.message == deleted.message
+    status = render.build_status(obj, later, now=LATER, target=t)
+    assert not render.status_differs(obj["status"], status)
+    assert render.events_for(obj, later, changed=False) == []
