@@ -117,6 +117,8 @@ def mint_token(service_account: str, audience: str, kubeconfig: str | None, seco
     namespace, sep, name = service_account.partition("/")
     if not sep or not namespace or not name:
         raise HsmctlError(f"--service-account must be NAMESPACE/NAME, got {service_account!r}", EXIT_USAGE)
+    # read $KUBECONFIG now: the kubernetes library reads it once, at import time
+    kubeconfig = kubeconfig or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0] or None
     try:
         api = kube.api_client(kubeconfig)
     except HsmdError as exc:
@@ -203,8 +205,15 @@ class BrokerClient:
 
     @staticmethod
     def secret_path(path: str) -> str:
-        # nested paths stay unescaped ('/' separates segments); anything odd is escaped and the
-        # broker refuses it with a clear message
+        """The URL path of a secret. Checked here first: HTTP clients remove '..' segments from
+        URLs, so 'team-a/../x' would otherwise silently become 'x'."""
+        from hsmd.errors import InvalidArgument
+        from hsmd.model import validate_path
+
+        try:
+            validate_path(path)
+        except InvalidArgument as exc:
+            raise HsmctlError(exc.message, EXIT_USAGE, code=exc.code) from None
         return "/api/v1/hsm/secrets/" + quote(path, safe="/")
 
     def list_secrets(self, prefix: str = "") -> Any:
