@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hsmd import model
-from hsmd.errors import HsmdError, InvalidArgument
+from hsmd.errors import FailedPrecondition, HsmdError, InvalidArgument
 from hsmd.service import read_secret_input, setup_logging, shutdown_event, write_ready_file
 
 EXIT_CONFIG = 2
@@ -181,7 +181,7 @@ class Agent:
         try:
             self.health = HealthServer((host, port), self._liveness, self._readiness)
         except OSError as exc:
-            raise InvalidArgument(f"cannot listen on {args.health_listen} for health: {exc.strerror}") from None
+            raise FailedPrecondition(f"cannot listen on {args.health_listen} for health: {exc.strerror}") from None
         self._cleanup.append(self.health.stop)
         self._cleanup.append(self._stop_grpc)
         self.grpc.start()

@@ -24,7 +24,7 @@ from hsmd.agent import convert
 from hsmd.agent.changes import DELETED, HEARTBEAT, RESYNC, WRITTEN, ChangeLog, ChangeRecord
 from hsmd.agent.device import DeviceWorker
 from hsmd.agent.errors import abort
-from hsmd.errors import HsmdError, Internal, InvalidArgument, NotFound, ResourceExhausted
+from hsmd.errors import FailedPrecondition, HsmdError, Internal, InvalidArgument, NotFound, ResourceExhausted
 from hsmd.model import Secret, TokenInfo
 from hsmd.proto.hsm.v1 import hsm_pb2, hsm_pb2_grpc
 
@@ -306,16 +306,21 @@ class AgentServer:
         self.servicer = AgentServicer(device, changes, options)
         self.health = health.HealthServicer()
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"), options=convert.GRPC_OPTIONS
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            # no SO_REUSEPORT: a second agent on the same port must fail, not share it silently
+            options=[*convert.GRPC_OPTIONS, ("grpc.so_reuseport", 0)],
         )
         hsm_pb2_grpc.add_HSMAgentServicer_to_server(self.servicer, self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if tls is None:
-            port = self.server.add_insecure_port(address)
-        else:
-            port = self.server.add_secure_port(address, server_credentials(tls))
+        try:
+            if tls is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                port = self.server.add_secure_port(address, server_credentials(tls))
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise InvalidArgument(f"cannot listen on {address} for gRPC")
+            raise FailedPrecondition(f"cannot listen on {address} for gRPC (address in use or not local)")
         host = address.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         self.set_serving(False)

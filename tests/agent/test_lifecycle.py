@@ -41,6 +41,13 @@ def test_second_agent_on_the_same_token_dir_fails_fast(agent: RunningAgent, tmp_
     assert agent.client().is_connected()  # the first one is untouched
 
 
+def test_ports_in_use_fail_clearly(agent: RunningAgent, tmp_path: Path, config_token: AgentToken) -> None:
+    for flag, taken in (("listen", agent.address), ("health_listen", agent.ready["health"])):
+        proc = run_agent_once(config_token.token, config_token.pin_file, tmp_path, **{flag: taken})
+        assert proc.returncode == 1, proc.stderr
+        assert f"cannot listen on {taken}" in proc.stderr
+
+
 def test_lock_per_token_for_other_libraries(tmp_path: Path) -> None:
     env = {"HSMD_RUNTIME_DIR": str(tmp_path)}
     first = locks.token_lock("/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so", "0123", env).acquire()
