@@ -302,6 +302,8 @@ class KindController:
 
     def _reconcile(self, objects: list[Obj]) -> None:
         for chunk, result in self._runs(objects, finalizer_run=False):
+            if self.operator.stopping.is_set():
+                return  # canceled by shutdown: the next start reconciles these again
             per_object = self.results_by_key(result)
             for obj in chunk:
                 key = key_of(obj)
@@ -334,6 +336,8 @@ class KindController:
         fin = self.watch.finalizer
         assert fin is not None
         for chunk, result in self._runs(objects, finalizer_run=True):
+            if self.operator.stopping.is_set():
+                return
             for obj in chunk:
                 key = key_of(obj)
                 if not result.ok:
