@@ -88,9 +88,9 @@ SCENARIOS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_kill_at_every_step(scenario: str, token_factory: Factory, tmp_path: Path) -> None:
+def test_kill_at_every_step(scenario: str, hsm_token_factory: Factory, tmp_path: Path) -> None:
     seed, (action, arg), old, new = SCENARIOS[scenario]
-    tok, info = token_factory(index_ttl=0.0)
+    tok, info = hsm_token_factory(index_ttl=0.0)
     k = 0
     while True:
         path = f"s/{k}"

@@ -124,9 +124,9 @@ def test_full_token_keeps_the_previous_version(small_token_dir: tuple[Path, bool
 
 @pytest.mark.parametrize("fault", ["stores-nothing", "stores-other-bytes"])
 def test_object_that_does_not_read_back_is_an_integrity_error(
-    fault: str, token: Token, monkeypatch: pytest.MonkeyPatch
+    fault: str, hsm_token: Token, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    token.write("s", {"a": b"old-a", "b": b"old-b"})
+    hsm_token.write("s", {"a": b"old-a", "b": b"old-b"})
     real_create = device_module.Session.create
 
     def faulty(self: device_module.Session, template: list) -> int:
@@ -142,10 +142,10 @@ def test_object_that_does_not_read_back_is_an_integrity_error(
 
     monkeypatch.setattr(device_module.Session, "create", faulty)
     with pytest.raises(IntegrityError) as err:
-        token.write("s", {"a": b"new-a", "b": b"new-b"})
+        hsm_token.write("s", {"a": b"new-a", "b": b"new-b"})
     assert "new-" not in str(err.value)
     monkeypatch.setattr(device_module.Session, "create", real_create)
-    assert token.read("s") == {"a": b"old-a", "b": b"old-b"}
-    assert len(token._snapshot("s")) == 3  # the failed attempt removed what it had stored
-    token.write("s", {"a": b"new-a", "b": b"new-b"})
-    assert token.read("s") == {"a": b"new-a", "b": b"new-b"}
+    assert hsm_token.read("s") == {"a": b"old-a", "b": b"old-b"}
+    assert len(hsm_token._snapshot("s")) == 3  # the failed attempt removed what it had stored
+    hsm_token.write("s", {"a": b"new-a", "b": b"new-b"})
+    assert hsm_token.read("s") == {"a": b"new-a", "b": b"new-b"}

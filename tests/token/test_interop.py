@@ -51,8 +51,8 @@ def tool_read(info: TestToken, label: str) -> bytes:
 
 
 @pytest.fixture
-def pair(token_factory: Factory) -> tuple[Token, TestToken]:
-    return token_factory(index_ttl=0.0)
+def pair(hsm_token_factory: Factory) -> tuple[Token, TestToken]:
+    return hsm_token_factory(index_ttl=0.0)
 
 
 def test_go_layout_objects_read_correctly(pair: tuple[Token, TestToken], tmp_path: Path) -> None:

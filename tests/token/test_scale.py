@@ -19,8 +19,8 @@ Factory = Callable[..., tuple[Token, TestToken]]
 
 
 @pytest.mark.slow
-def test_list_is_complete_and_exact_beyond_1000_objects(token_factory: Factory) -> None:
-    writer, info = token_factory(index_ttl=3600.0)
+def test_list_is_complete_and_exact_beyond_1000_objects(hsm_token_factory: Factory) -> None:
+    writer, info = hsm_token_factory(index_ttl=3600.0)
     paths = [f"ns-{i % 7}/app-{i}" for i in range(520)]  # 520 secrets = 1,040 objects (key + metadata)
     for path in paths:
         writer.write(path, {"v": path.encode()})
@@ -44,8 +44,8 @@ def test_list_is_complete_and_exact_beyond_1000_objects(token_factory: Factory) 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index_ttl", [0.0, 2.0], ids=["index-every-call", "index-cached"])
-def test_50_threads_mixing_reads_writes_lists(token_factory: Factory, index_ttl: float) -> None:
-    tok, _ = token_factory(index_ttl=index_ttl, sessions=4)
+def test_50_threads_mixing_reads_writes_lists(hsm_token_factory: Factory, index_ttl: float) -> None:
+    tok, _ = hsm_token_factory(index_ttl=index_ttl, sessions=4)
     paths = [f"c/{i}" for i in range(10)]
     # every value of a path carries the path and a version; a reader can tell a torn or foreign answer
     for path in paths:

@@ -27,116 +27,116 @@ Factory = Callable[..., tuple[Token, TestToken]]
 ALL_BYTES = bytes(range(256))
 
 
-def test_roundtrip_text_binary_and_metadata(token: Token) -> None:
+def test_roundtrip_text_binary_and_metadata(hsm_token: Token) -> None:
     data = {"password": b"s3cret", "blob": ALL_BYTES * 3, "empty": b"", "tls.crt": b"-----BEGIN\n\x00\xff"}
     meta = SecretMetadata(description="db creds", labels={"team": "a"}, format="raw", data_type="binary")
-    result = token.write("team-a/db", data, meta)
+    result = hsm_token.write("team-a/db", data, meta)
     assert result.changed and result.checksum == checksum(data)
-    secret = token.read_secret("team-a/db")
+    secret = hsm_token.read_secret("team-a/db")
     assert dict(secret.data) == data
-    assert secret.checksum == checksum(data) == token.checksum("team-a/db")
+    assert secret.checksum == checksum(data) == hsm_token.checksum("team-a/db")
     assert secret.metadata.description == "db creds"
     assert dict(secret.metadata.labels) == {"team": "a"}
     assert secret.metadata.data_type == "binary"
     assert secret.metadata.created_at  # filled in on first write
-    assert token.metadata("team-a/db") == secret.metadata
-    assert token.read("team-a/db") == data
+    assert hsm_token.metadata("team-a/db") == secret.metadata
+    assert hsm_token.read("team-a/db") == data
 
 
-def test_replace_is_full_and_unchanged_write_is_a_no_op(token: Token) -> None:
-    token.write("app", {"a": b"1", "b": b"2"}, SecretMetadata(description="x"))
-    created = token.metadata("app").created_at
-    again = token.write("app", {"a": b"1", "b": b"2"}, SecretMetadata(description="x"))
+def test_replace_is_full_and_unchanged_write_is_a_no_op(hsm_token: Token) -> None:
+    hsm_token.write("app", {"a": b"1", "b": b"2"}, SecretMetadata(description="x"))
+    created = hsm_token.metadata("app").created_at
+    again = hsm_token.write("app", {"a": b"1", "b": b"2"}, SecretMetadata(description="x"))
     assert again.changed is False and again.checksum == checksum({"a": b"1", "b": b"2"})
-    assert token.write("app", {"b": b"2"}, None).changed  # metadata=None keeps the metadata
-    assert token.read("app") == {"b": b"2"}
-    meta = token.metadata("app")
+    assert hsm_token.write("app", {"b": b"2"}, None).changed  # metadata=None keeps the metadata
+    assert hsm_token.read("app") == {"b": b"2"}
+    meta = hsm_token.metadata("app")
     assert meta.description == "x" and meta.created_at == created
-    token.write("app", {"b": b"3", "c": b"4"}, SecretMetadata(description="y"))
-    assert token.read("app") == {"b": b"3", "c": b"4"}
-    assert token.metadata("app").description == "y"
-    assert token.metadata("app").created_at == created
-    assert token.write("app", {"b": b"3", "c": b"4"}, SecretMetadata(description="y")).changed is False
+    hsm_token.write("app", {"b": b"3", "c": b"4"}, SecretMetadata(description="y"))
+    assert hsm_token.read("app") == {"b": b"3", "c": b"4"}
+    assert hsm_token.metadata("app").description == "y"
+    assert hsm_token.metadata("app").created_at == created
+    assert hsm_token.write("app", {"b": b"3", "c": b"4"}, SecretMetadata(description="y")).changed is False
 
 
-def test_exact_matching_db_db2_db_x(token: Token) -> None:
-    token.write("db", {"k": b"db"})
-    token.write("db2", {"k": b"db2"})
-    token.write("db/x", {"k": b"dbx"})
-    assert token.read("db") == {"k": b"db"}
-    assert token.read("db2") == {"k": b"db2"}
-    assert token.read("db/x") == {"k": b"dbx"}
-    token.write("db", {"other": b"1"})
-    assert token.read("db2") == {"k": b"db2"} and token.read("db/x") == {"k": b"dbx"}
-    token.delete("db")
+def test_exact_matching_db_db2_db_x(hsm_token: Token) -> None:
+    hsm_token.write("db", {"k": b"db"})
+    hsm_token.write("db2", {"k": b"db2"})
+    hsm_token.write("db/x", {"k": b"dbx"})
+    assert hsm_token.read("db") == {"k": b"db"}
+    assert hsm_token.read("db2") == {"k": b"db2"}
+    assert hsm_token.read("db/x") == {"k": b"dbx"}
+    hsm_token.write("db", {"other": b"1"})
+    assert hsm_token.read("db2") == {"k": b"db2"} and hsm_token.read("db/x") == {"k": b"dbx"}
+    hsm_token.delete("db")
     with pytest.raises(NotFound):
-        token.read("db")
-    assert token.read("db2") == {"k": b"db2"} and token.read("db/x") == {"k": b"dbx"}
-    assert token.list() == ["db/x", "db2"]
-    token.write("db", {"k": b"back"})
-    assert token.list("db") == ["db", "db/x"]
-    assert token.list("db/") == ["db/x"]
-    assert token.list("d") == []
-    assert token.list("db2") == ["db2"]
+        hsm_token.read("db")
+    assert hsm_token.read("db2") == {"k": b"db2"} and hsm_token.read("db/x") == {"k": b"dbx"}
+    assert hsm_token.list() == ["db/x", "db2"]
+    hsm_token.write("db", {"k": b"back"})
+    assert hsm_token.list("db") == ["db", "db/x"]
+    assert hsm_token.list("db/") == ["db/x"]
+    assert hsm_token.list("d") == []
+    assert hsm_token.list("db2") == ["db2"]
 
 
-def test_list_prefix_and_checksums(token: Token) -> None:
+def test_list_prefix_and_checksums(hsm_token: Token) -> None:
     paths = ["team-a/db", "team-a/api/key", "team-b/db", "shared/tls"]
     for i, path in enumerate(paths):
-        token.write(path, {"v": str(i).encode()})
-    assert token.list() == sorted(paths)
-    assert token.list("team-a") == ["team-a/api/key", "team-a/db"]
-    sums = token.checksums(prefix="team-a")
+        hsm_token.write(path, {"v": str(i).encode()})
+    assert hsm_token.list() == sorted(paths)
+    assert hsm_token.list("team-a") == ["team-a/api/key", "team-a/db"]
+    sums = hsm_token.checksums(prefix="team-a")
     assert sums == {p: checksum({"v": str(paths.index(p)).encode()}) for p in ("team-a/api/key", "team-a/db")}
-    picked = token.checksums(["team-b/db", "missing/path", "shared/tls"])
+    picked = hsm_token.checksums(["team-b/db", "missing/path", "shared/tls"])
     assert set(picked) == {"team-b/db", "shared/tls"}
-    assert picked["shared/tls"] == token.checksum("shared/tls")
-    many = token.read_many(["team-b/db", "nope", "bad//path"])
+    assert picked["shared/tls"] == hsm_token.checksum("shared/tls")
+    many = hsm_token.read_many(["team-b/db", "nope", "bad//path"])
     assert isinstance(many["nope"], NotFound) and isinstance(many["bad//path"], InvalidArgument)
     assert dict(many["team-b/db"].data) == {"v": b"2"}  # type: ignore[union-attr]
 
 
-def test_checksum_is_unambiguous(token: Token) -> None:
-    token.write("x", {"a": b"bc"})
-    token.write("y", {"ab": b"c"})
-    assert token.checksum("x") != token.checksum("y")
-    assert token.checksum("x") == checksum({"a": b"bc"})
-    assert token.checksum("x").startswith("sha256:")
+def test_checksum_is_unambiguous(hsm_token: Token) -> None:
+    hsm_token.write("x", {"a": b"bc"})
+    hsm_token.write("y", {"ab": b"c"})
+    assert hsm_token.checksum("x") != hsm_token.checksum("y")
+    assert hsm_token.checksum("x") == checksum({"a": b"bc"})
+    assert hsm_token.checksum("x").startswith("sha256:")
 
 
-def test_create_only_and_expected_checksum(token: Token) -> None:
-    first = token.write("cas", {"v": b"1"}, create_only=True)
+def test_create_only_and_expected_checksum(hsm_token: Token) -> None:
+    first = hsm_token.write("cas", {"v": b"1"}, create_only=True)
     with pytest.raises(AlreadyExists):
-        token.write("cas", {"v": b"2"}, create_only=True)
+        hsm_token.write("cas", {"v": b"2"}, create_only=True)
     with pytest.raises(Conflict):
-        token.write("cas", {"v": b"2"}, expected_checksum=checksum({"v": b"other"}))
-    assert token.read("cas") == {"v": b"1"}
-    second = token.write("cas", {"v": b"2"}, expected_checksum=first.checksum)
-    assert second.changed and token.read("cas") == {"v": b"2"}
+        hsm_token.write("cas", {"v": b"2"}, expected_checksum=checksum({"v": b"other"}))
+    assert hsm_token.read("cas") == {"v": b"1"}
+    second = hsm_token.write("cas", {"v": b"2"}, expected_checksum=first.checksum)
+    assert second.changed and hsm_token.read("cas") == {"v": b"2"}
     with pytest.raises(Conflict):
-        token.write("cas", {"v": b"3"}, expected_checksum=first.checksum)
+        hsm_token.write("cas", {"v": b"3"}, expected_checksum=first.checksum)
     with pytest.raises(Conflict):
-        token.write("never", {"v": b"3"}, expected_checksum=first.checksum)
-    assert token.list() == ["cas"]
+        hsm_token.write("never", {"v": b"3"}, expected_checksum=first.checksum)
+    assert hsm_token.list() == ["cas"]
 
 
-def test_delete_key_and_path(token: Token) -> None:
-    token.write("d", {"a": b"1", "b": b"2"}, SecretMetadata(description="keep me"))
-    token.delete("d", "a")
-    assert token.read("d") == {"b": b"2"}
-    assert token.metadata("d").description == "keep me"
+def test_delete_key_and_path(hsm_token: Token) -> None:
+    hsm_token.write("d", {"a": b"1", "b": b"2"}, SecretMetadata(description="keep me"))
+    hsm_token.delete("d", "a")
+    assert hsm_token.read("d") == {"b": b"2"}
+    assert hsm_token.metadata("d").description == "keep me"
     with pytest.raises(NotFound):
-        token.delete("d", "a")
-    token.delete("d", "b")  # the last key deletes the secret
+        hsm_token.delete("d", "a")
+    hsm_token.delete("d", "b")  # the last key deletes the secret
     with pytest.raises(NotFound):
-        token.read("d")
+        hsm_token.read("d")
     with pytest.raises(NotFound):
-        token.delete("d")
-    assert token.list() == []
-    token.write("d", {"a": b"again"})
-    assert token.read("d") == {"a": b"again"}
-    token.delete("d")
-    assert token.list() == []
+        hsm_token.delete("d")
+    assert hsm_token.list() == []
+    hsm_token.write("d", {"a": b"again"})
+    assert hsm_token.read("d") == {"a": b"again"}
+    hsm_token.delete("d")
+    assert hsm_token.list() == []
 
 
 @pytest.mark.parametrize(
@@ -156,22 +156,22 @@ def test_delete_key_and_path(token: Token) -> None:
         ("ok", {"k": "text"}, "must be bytes"),
     ],
 )
-def test_bad_input_is_refused_before_anything_is_written(token: Token, path: str, data: dict, message: str) -> None:
-    token.write("ok", {"k": b"original"})
+def test_bad_input_is_refused_before_anything_is_written(hsm_token: Token, path: str, data: dict, message: str) -> None:
+    hsm_token.write("ok", {"k": b"original"})
     with pytest.raises(InvalidArgument) as err:
-        token.write(path, data)
+        hsm_token.write(path, data)
     assert message in str(err.value)
-    assert token.list() == ["ok"] and token.read("ok") == {"k": b"original"}
+    assert hsm_token.list() == ["ok"] and hsm_token.read("ok") == {"k": b"original"}
 
 
-def test_sizes_are_checked_against_the_device_profile(token_factory: Factory) -> None:
-    pico, _ = token_factory(profile="picohsm", index_ttl=0.0)
+def test_sizes_are_checked_against_the_device_profile(hsm_token_factory: Factory) -> None:
+    pico, _ = hsm_token_factory(profile="picohsm", index_ttl=0.0)
     pico.write("p", {"k": b"x" * 4096})
     with pytest.raises(ResourceExhausted) as err:
         pico.write("p", {"k": b"x" * 4097})
     assert "4096" in str(err.value) and "picohsm" in str(err.value)
     assert pico.read("p") == {"k": b"x" * 4096}
-    yubi, _ = token_factory(profile="yubihsm", index_ttl=0.0)
+    yubi, _ = hsm_token_factory(profile="yubihsm", index_ttl=0.0)
     with pytest.raises(ResourceExhausted):
         yubi.write("y", {"k": b"x" * 1976})
     # the metadata object is an object too: a description that does not fit is refused up front
@@ -183,8 +183,8 @@ def test_sizes_are_checked_against_the_device_profile(token_factory: Factory) ->
         yubi.write("y", {"k": b"v"}, SecretMetadata(data_type="no-such-type"))
 
 
-def test_token_info(token_factory: Factory) -> None:
-    tok, info = token_factory()
+def test_token_info(hsm_token_factory: Factory) -> None:
+    tok, info = hsm_token_factory()
     ti = tok.info()
     assert ti.label == info.label
     assert ti.serial == info.serial
@@ -197,8 +197,8 @@ def test_token_info(token_factory: Factory) -> None:
     tok.ping()
 
 
-def test_open_selects_by_label_serial_or_slot_and_verifies_the_serial(token_factory: Factory) -> None:
-    tok, info = token_factory()
+def test_open_selects_by_label_serial_or_slot_and_verifies_the_serial(hsm_token_factory: Factory) -> None:
+    tok, info = hsm_token_factory()
     slot = tok.info().slot
     tok.write("s", {"k": b"v"})
     for cfg in (
@@ -219,8 +219,8 @@ def test_open_selects_by_label_serial_or_slot_and_verifies_the_serial(token_fact
         Token.open(info.config(profile="nope"))
 
 
-def test_wrong_pin_is_permission_denied_and_never_in_the_message(token_factory: Factory, tmp_path) -> None:
-    tok, info = token_factory()
+def test_wrong_pin_is_permission_denied_and_never_in_the_message(hsm_token_factory: Factory, tmp_path) -> None:
+    tok, info = hsm_token_factory()
     # PKCS#11 login state is per process: close the fixture's Token so the PIN is really checked
     tok.close()
     wrong = tmp_path / "wrong-pin"
@@ -231,16 +231,16 @@ def test_wrong_pin_is_permission_denied_and_never_in_the_message(token_factory: 
     assert "CKR_PIN_INCORRECT" in str(err.value)
 
 
-def test_pin_from_env(token_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
-    _, info = token_factory()
+def test_pin_from_env(hsm_token_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, info = hsm_token_factory()
     monkeypatch.setenv("HSMD_TEST_TOKEN_PIN", info.pin)
     with Token.open(info.config(pin_file=None, pin_env="HSMD_TEST_TOKEN_PIN")) as tok:
         tok.write("e", {"k": b"v"})
         assert tok.read("e") == {"k": b"v"}
 
 
-def test_change_pin(token_factory: Factory, tmp_path) -> None:
-    tok, info = token_factory()
+def test_change_pin(hsm_token_factory: Factory, tmp_path) -> None:
+    tok, info = hsm_token_factory()
     tok.write("c", {"k": b"v"})
     with pytest.raises(PermissionDenied):
         tok.change_pin("wrong-old", "abcd1234")
@@ -261,8 +261,8 @@ def _drop_sessions(tok: Token) -> None:
     tok._device._lib.closeAllSessions(slot)
 
 
-def test_lost_sessions_are_unavailable_then_reconnect_with_one_login(token_factory: Factory) -> None:
-    tok, _ = token_factory(index_ttl=0.0, sessions=2)
+def test_lost_sessions_are_unavailable_then_reconnect_with_one_login(hsm_token_factory: Factory) -> None:
+    tok, _ = hsm_token_factory(index_ttl=0.0, sessions=2)
     tok.write("r", {"k": b"v"})
     _drop_sessions(tok)
     with pytest.raises(Unavailable) as err:
@@ -274,8 +274,8 @@ def test_lost_sessions_are_unavailable_then_reconnect_with_one_login(token_facto
     tok.ping()
 
 
-def test_a_refused_login_after_reconnect_is_never_retried(token_factory: Factory, tmp_path) -> None:
-    tok, info = token_factory(index_ttl=0.0)
+def test_a_refused_login_after_reconnect_is_never_retried(hsm_token_factory: Factory, tmp_path) -> None:
+    tok, info = hsm_token_factory(index_ttl=0.0)
     tok.write("r", {"k": b"v"})
     with Token.open(info.config()) as admin:
         admin.change_pin(info.pin, "changed-1")
@@ -297,10 +297,10 @@ def test_a_refused_login_after_reconnect_is_never_retried(token_factory: Factory
         assert fresh.read("r") == {"k": b"v"}
 
 
-def test_metadata_json_has_the_go_fields_and_generation(token: Token) -> None:
-    token.write("m", {"k": b"v"}, SecretMetadata(description="d", source="test", format="env"))
+def test_metadata_json_has_the_go_fields_and_generation(hsm_token: Token) -> None:
+    hsm_token.write("m", {"k": b"v"}, SecretMetadata(description="d", source="test", format="env"))
     # read the raw metadata object through a second Token's view of the layout
-    records, values = token._load(token._device._pool.queue[0], "m")
+    records, values = hsm_token._load(hsm_token._device._pool.queue[0], "m")
     meta_values = [values[r.handle] for r in records if r.is_metadata]
     assert len(meta_values) == 1
     doc = json.loads(meta_values[0])
@@ -309,17 +309,17 @@ def test_metadata_json_has_the_go_fields_and_generation(token: Token) -> None:
     assert doc["hsmd"]["generation"] >= 1 and set(doc["hsmd"]["keys"]) == {"k"}
 
 
-def test_objects_carry_exactly_the_contract_attributes(token: Token) -> None:
+def test_objects_carry_exactly_the_contract_attributes(hsm_token: Token) -> None:
     import PyKCS11
 
     from hsmd.model import data_type_oid
 
-    token.write("attrs", {"k": b"value"}, SecretMetadata(data_type="pem"))
+    hsm_token.write("attrs", {"k": b"value"}, SecretMetadata(data_type="pem"))
     wanted = [PyKCS11.CKA_CLASS, PyKCS11.CKA_TOKEN, PyKCS11.CKA_PRIVATE, PyKCS11.CKA_MODIFIABLE,
               PyKCS11.CKA_APPLICATION, PyKCS11.CKA_LABEL, PyKCS11.CKA_OBJECT_ID, PyKCS11.CKA_VALUE]
     seen = {}
-    with token._device.session("inspect") as s:
-        for handle, entry in token._snapshot("attrs"):
+    with hsm_token._device.session("inspect") as s:
+        for handle, entry in hsm_token._snapshot("attrs"):
             seen[entry.key] = s.attributes(handle, wanted)
     cko_data = PyKCS11.CKO_DATA.to_bytes(8, "little")
     assert seen["k"] == [cko_data, b"\x01", b"\x01", b"\x01", b"hsm-secrets-operator", b"attrs/k",
