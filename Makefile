@@ -22,6 +22,7 @@ lint: setup
 	$(PY) -m ruff check hsmd tests benchmarks collections
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py tests/test_proto.py
+	$(VENV)/bin/yamllint -s . && $(VENV)/bin/ansible-lint -q
 
 unit: setup
 	$(PY) -m pytest tests/unit
