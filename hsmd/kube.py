@@ -34,6 +34,7 @@ DEVICE_REPORT_ANNOTATION = "hsm.j5t.io/device-report"
 MERGE_PATCH = "application/merge-patch+json"
 
 Object = dict[str, Any]
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def crds_dir() -> Path:
@@ -50,7 +51,7 @@ def crd_documents(directory: Path | None = None) -> list[Object]:
         raise errors.FailedPrecondition(f"CRD directory {root} does not exist")
     docs: list[Object] = []
     for path in sorted(root.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+        for doc in yaml.load_all(path.read_text(), Loader=_LOADER):
             if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
                 docs.append(doc)
     if not docs:
@@ -414,3 +415,15 @@ def update_status(
             if attempt == attempts - 1:
                 raise
     raise errors.Conflict(f"status of {kind} {name} kept changing")  # pragma: no cover - loop always returns
+
+
+def list_objects(
+    api: k8s.ApiClient, resource: Resource, namespace: str | None = None, label_selector: str = ""
+) -> list[Object]:
+    """Objects of one kind (in a namespace, or cluster-wide), optionally filtered by labels."""
+    query = {"labelSelector": label_selector} if label_selector else None
+    try:
+        listing = request(api, "GET", resource.collection_path(namespace), query=query)
+    except ApiException as exc:
+        raise api_error(exc, f"list {resource.plural}" + (f" in {namespace}" if namespace else "")) from exc
+    return [dict(item) for item in listing.get("items", [])]

@@ -21,10 +21,12 @@ POOLS = kube.Resource(kube.API_VERSION, "HSMPool", "hsmpools", namespaced=True, 
 @dataclass(frozen=True)
 class PoolResult:
     status: dict[str, Any]
-    agents: list[dict[str, Any]]
+    agents: list[dict[str, Any]]  # to deploy (hsmd.pool.plan_agents)
+    stale_agents: list[str]  # agent Deployments of the pool that are no longer planned
     problems: list[dict[str, str]]
     changed: bool
     pods: int
+    uid: str
 
 
 def refresh(
@@ -76,7 +78,21 @@ def refresh(
             check_mode=check_mode, now=now, resource=POOLS,
         )
         changed = update.changed
-    return PoolResult(status=status, agents=agents, problems=problems, changed=changed, pods=len(pods))
+    planned = {a["name"] for a in agents}
+    stale = sorted(set(agent_deployments(api, namespace, name)) - planned)
+    uid = str((obj.get("metadata") or {}).get("uid") or "")
+    return PoolResult(status=status, agents=agents, stale_agents=stale, problems=problems, changed=changed,
+                      pods=len(pods), uid=uid)
+
+
+AGENT_SELECTOR = "app.kubernetes.io/name=hsm-agent,hsm.j5t.io/pool={pool}"
+
+
+def agent_deployments(api: Any, namespace: str, pool_name: str) -> list[str]:
+    """Names of the agent Deployments labelled for this pool."""
+    deployments = kube.Resource("apps/v1", "Deployment", "deployments", namespaced=True, has_status=True)
+    found = kube.list_objects(api, deployments, namespace, AGENT_SELECTOR.format(pool=pool_name))
+    return sorted(str(d["metadata"]["name"]) for d in found)
 
 
 HSMDEVICES = kube.Resource(kube.API_VERSION, "HSMDevice", "hsmdevices", namespaced=True, has_status=True)

@@ -179,6 +179,16 @@ agents:
     hsmDeviceName:
       description: HSMDevice the device was discovered for.
       type: str
+stale_agents:
+  description: Agent Deployments of the pool (label C(hsm.j5t.io/pool)) whose device is no longer available;
+    the hsm_pool role deletes them. Empty in pure mode.
+  returned: always
+  type: list
+  elements: str
+pool_uid:
+  description: UID of the HSMPool (for ownerReferences of the agents).
+  returned: pool mode
+  type: str
 problems:
   description: HSMDevices whose devices get no agent, and why (also in the pool's C(AgentsPlanned) condition).
   returned: always
@@ -236,7 +246,8 @@ def main():
             grace_period=p["grace_period"], now=p["now"], check_mode=module.check_mode,
         )
         module.exit_json(changed=result.changed, status=result.status, agents=result.agents,
-                         problems=result.problems, pods=result.pods)
+                         stale_agents=result.stale_agents, problems=result.problems, pods=result.pods,
+                         pool_uid=result.uid)
     pool = import_hsmd("pool")
     pods = p["pods"] or []
     status = run(
@@ -246,7 +257,7 @@ def main():
         hsm_devices=p["hsm_devices"],
     )
     agents = pool.agent_plan(p["name"] or "pool", status)
-    module.exit_json(changed=False, status=status, agents=agents, problems=[], pods=len(pods))
+    module.exit_json(changed=False, status=status, agents=agents, stale_agents=[], problems=[], pods=len(pods))
 
 
 if __name__ == "__main__":
