@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-history", type=int, default=10000, metavar="N",
                    help="changes retained for WatchChanges resumption")
     p.add_argument("--max-watchers", type=int, default=32, metavar="N", help="concurrent WatchChanges streams")
+    p.add_argument("--max-queued", type=int, default=48, metavar="N",
+                   help="device calls queued or running before more are refused as busy (UNAVAILABLE)")
     p.add_argument("--sessions", type=int, default=2, metavar="N", help=argparse.SUPPRESS)
     return p
 
@@ -83,6 +85,8 @@ def _check_args(args: argparse.Namespace) -> None:
     read_secret_input(file=args.pin_file, env=args.pin_env, what="PIN")
     if args.grace < 0 or args.health_timeout <= 0 or args.heartbeat_interval <= 0:
         raise InvalidArgument("--grace, --health-timeout and --heartbeat-interval must be positive")
+    if args.max_queued < 1 or args.max_watchers < 0 or args.watch_history < 1:
+        raise InvalidArgument("--max-queued and --watch-history must be at least 1, --max-watchers at least 0")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -162,6 +166,7 @@ class Agent:
                 sessions=args.sessions,
             ),
             log_level=args.log_level,
+            max_queued=args.max_queued,
         )
         info = self.device.start()
         self._cleanup.append(lambda: self.device.stop(timeout=max(5.0, args.grace)))
@@ -175,6 +180,7 @@ class Agent:
             probe_timeout=args.health_timeout,
             heartbeat_interval=args.heartbeat_interval,
             max_watchers=args.max_watchers,
+            max_queued=args.max_queued,
         )
         self.grpc = AgentServer(self.device, self.changes, options, address=args.listen, tls=tls)
         host, port = _split_address(args.health_listen, "--health-listen")

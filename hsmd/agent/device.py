@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hsmd.agent import framing
-from hsmd.errors import DeadlineExceeded, FailedPrecondition, HsmdError, Unavailable, error_from_code
+from hsmd.errors import Busy, DeadlineExceeded, FailedPrecondition, HsmdError, Unavailable, error_from_code
 from hsmd.model import TokenInfo
 
 log = logging.getLogger("hsmd.agent.device")
@@ -88,8 +88,10 @@ class DeviceWorker:
         log_level: str = "info",
         restart_backoff: tuple[float, float] = (0.5, 10.0),
         open_timeout: float = 60.0,
+        max_queued: int = 0,
     ) -> None:
         self.config = config
+        self.max_queued = max_queued  # 0: unlimited
         self.log_level = log_level
         self.restart_backoff = restart_backoff
         self.open_timeout = open_timeout
@@ -292,6 +294,11 @@ class DeviceWorker:
             child = self._child
             if child is None or child.closed:
                 future.set_exception(self._not_ready())
+                return future
+            if self.max_queued and len(child.pending) >= self.max_queued and method != "ping":
+                future.set_exception(
+                    Busy(f"the device has {len(child.pending)} calls queued (the limit); try again shortly")
+                )
                 return future
             call_id = next(self._ids)
             call = _Call(method, time.monotonic(), future, on_result)

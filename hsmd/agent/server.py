@@ -65,6 +65,10 @@ class AgentOptions:
     probe_timeout: float = 5.0
     heartbeat_interval: float = 15.0
     max_watchers: int = 32
+    # device calls queued or running before further ones are refused with Busy (UNAVAILABLE): a
+    # flood of slow calls must not take every server thread from Health and IsConnected
+    max_queued: int = 48
+    spare_threads: int = 16
 
 
 class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
@@ -301,8 +305,10 @@ class AgentServer:
         *,
         address: str,
         tls: ServerTLS | None = None,
-        max_workers: int = 64,
     ) -> None:
+        # Threads for every allowed change stream and queued device call, plus spares that keep
+        # Health / IsConnected / grpc.health answering whatever the device does.
+        max_workers = options.max_watchers + options.max_queued + options.spare_threads
         self.servicer = AgentServicer(device, changes, options)
         self.health = health.HealthServicer()
         self.server = grpc.server(

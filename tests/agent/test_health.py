@@ -150,3 +150,33 @@ def test_a_dead_worker_is_restarted(agent: RunningAgent) -> None:
     assert dict(client.read("keep/me").data) == {"k": b"v"}
     logs = agent.logs()
     assert "device worker exited" in logs and "device worker restarted" in logs
+
+
+def test_a_full_device_queue_refuses_calls_and_health_stays_fast(tmp_path: Path) -> None:
+    tok = make_agent_token(tmp_path / "token")
+    env = {"HSMD_AGENT_TEST_SLOW_CALLS": "list=1.5"}
+    with start_agent(tok.token, pin_file=tok.pin_file, workdir=tmp_path / "agent", env=env, max_queued=3) as agent:
+        client = agent.client()
+        outcomes: list[object] = []
+
+        def call() -> None:
+            try:
+                outcomes.append(client.list())
+            except errors.HsmdError as exc:
+                outcomes.append(exc)
+
+        callers = [threading.Thread(target=call) for _ in range(8)]
+        for t in callers:
+            t.start()
+        time.sleep(0.3)
+        latencies = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            assert client.health()[0] == "healthy"
+            latencies.append(time.perf_counter() - t0)
+        for t in callers:
+            t.join(15)
+        busy = [o for o in outcomes if isinstance(o, errors.Busy)]
+        assert len(busy) == 5 and all(o.temporary for o in busy)  # 3 ran, 5 were refused at once
+        assert sum(1 for o in outcomes if o == []) == 3
+        assert p99(latencies) < 0.100
