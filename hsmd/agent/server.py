@@ -20,12 +20,12 @@ import grpc  # type: ignore[import-untyped]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hsmd import model
-from hsmd.agent import convert
+from hsmd.agent import convert, framing
 from hsmd.agent.changes import DELETED, HEARTBEAT, RESYNC, WRITTEN, ChangeLog, ChangeRecord
 from hsmd.agent.device import DeviceWorker
 from hsmd.agent.errors import abort
 from hsmd.errors import FailedPrecondition, HsmdError, Internal, InvalidArgument, NotFound, ResourceExhausted
-from hsmd.model import Secret, TokenInfo
+from hsmd.model import TokenInfo
 from hsmd.proto.hsm.v1 import hsm_pb2, hsm_pb2_grpc
 
 log = logging.getLogger("hsmd.agent.server")
@@ -88,11 +88,11 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
 
     @_rpc
     def ReadSecret(self, request: Any, context: Any) -> hsm_pb2.ReadSecretResponse:
-        secret: Secret = self.device.call("read_secret", request.path)
+        _, data, meta, checksum = self.device.call("read_secret", request.path)
         return hsm_pb2.ReadSecretResponse(
-            secret_data=hsm_pb2.SecretData(data=dict(secret.data)),
-            checksum=secret.checksum,
-            metadata=convert.metadata_to_proto(secret.metadata),
+            secret_data=hsm_pb2.SecretData(data=data),
+            checksum=checksum,
+            metadata=convert.metadata_to_proto(framing.unpack_metadata(meta)),
         )
 
     @_rpc
@@ -113,7 +113,7 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
 
     @_rpc
     def ReadMetadata(self, request: Any, context: Any) -> hsm_pb2.ReadMetadataResponse:
-        meta: model.SecretMetadata = self.device.call("metadata", request.path)
+        meta = framing.unpack_metadata(self.device.call("metadata", request.path))
         return hsm_pb2.ReadMetadataResponse(metadata=convert.metadata_to_proto(meta))
 
     @_rpc
@@ -164,14 +164,15 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
     def ReadSecrets(self, request: Any, context: Any) -> hsm_pb2.ReadSecretsResponse:
         paths = _batch(request.paths)
         results = []
-        for path, outcome in self.device.call("read_many", paths):
-            if isinstance(outcome, Secret):
+        for path, ok, outcome in self.device.call("read_many", paths):
+            if ok:
+                _, data, meta, checksum = outcome
                 results.append(
                     hsm_pb2.SecretResult(
                         path=path,
-                        secret_data=hsm_pb2.SecretData(data=dict(outcome.data)),
-                        metadata=convert.metadata_to_proto(outcome.metadata),
-                        checksum=outcome.checksum,
+                        secret_data=hsm_pb2.SecretData(data=data),
+                        metadata=convert.metadata_to_proto(framing.unpack_metadata(meta)),
+                        checksum=checksum,
                     )
                 )
             else:

@@ -28,7 +28,7 @@ from typing import Any
 
 from hsmd.agent import framing
 from hsmd.errors import HsmdError, Internal, NotFound
-from hsmd.model import Secret, SecretMetadata
+from hsmd.model import SecretMetadata
 from hsmd.service import setup_logging
 
 SLOW_CALLS_ENV = "HSMD_AGENT_TEST_SLOW_CALLS"
@@ -72,24 +72,24 @@ class Handler:
     def do_summary(self) -> tuple[Any, int]:
         return self.token.info(), len(self.token.list(""))
 
-    def do_read_secret(self, path: str) -> Secret:
-        return _plain_secret(self.token.read_secret(path))
+    def do_read_secret(self, path: str) -> framing.SecretTuple:
+        return framing.pack_secret(self.token.read_secret(path))
 
-    def do_read_many(self, paths: Sequence[str]) -> list[tuple[str, Secret | tuple[str, str]]]:
+    def do_read_many(self, paths: Sequence[str]) -> list[tuple[str, bool, Any]]:
+        """(path, True, packed secret) or (path, False, (code, message)) per path, in order."""
         # Token.read_many raises temporary errors (the device went away) for the whole batch.
         found = self.token.read_many(list(paths))
-        out: list[tuple[str, Secret | tuple[str, str]]] = []
+        out: list[tuple[str, bool, Any]] = []
         for path in paths:
             outcome = found[path]
             if isinstance(outcome, HsmdError):
-                out.append((path, (outcome.code, outcome.message)))
+                out.append((path, False, (outcome.code, outcome.message)))
             else:
-                out.append((path, _plain_secret(outcome)))
+                out.append((path, True, framing.pack_secret(outcome)))
         return out
 
-    def do_metadata(self, path: str) -> SecretMetadata:
-        meta = self.token.metadata(path)
-        return _plain_metadata(meta)
+    def do_metadata(self, path: str) -> framing.MetadataTuple:
+        return framing.pack_metadata(self.token.metadata(path))
 
     def do_checksum(self, path: str) -> str:
         return str(self.token.checksum(path))
@@ -125,26 +125,6 @@ class Handler:
 
     def do_change_pin(self, old_pin: str, new_pin: str) -> None:
         self.token.change_pin(old_pin, new_pin)
-
-
-def _plain_metadata(meta: SecretMetadata) -> SecretMetadata:
-    return SecretMetadata(
-        description=meta.description,
-        labels=dict(meta.labels),
-        format=meta.format,
-        data_type=meta.data_type,
-        created_at=meta.created_at,
-        source=meta.source,
-    )
-
-
-def _plain_secret(secret: Secret) -> Secret:
-    return Secret(
-        path=secret.path,
-        data={k: bytes(v) for k, v in secret.data.items()},
-        metadata=_plain_metadata(secret.metadata),
-        checksum=secret.checksum,
-    )
 
 
 def _error_tuple(err: BaseException) -> tuple[str, str, str | None]:
