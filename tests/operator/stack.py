@@ -38,7 +38,7 @@ FAST_FLAGS = ["--resync-tick", "1", "--backoff-base", "0.3", "--backoff-cap", "3
               "--metrics-listen", "127.0.0.1:0", "--ansible-verbosity", "0", "--log-level", "info"]
 
 
-@dataclass
+@dataclass(eq=False)
 class OperatorProcess:
     process: subprocess.Popen[bytes]
     ready_file: Path
