@@ -355,3 +355,61 @@ def test_discovery_daemon_writes_its_pod_annotation(cluster: Cluster, tmp_path: 
     failed = pod_report(cluster)
     assert failed["discoveryStatus"] == "error" and "does not exist" in failed["error"]
     assert failed["discoveredDevices"] == []
+
+
+# --- bootstrap: softhsm + operator roles --------------------------------------------------------------
+
+
+def test_bootstrap_installs_everything_idempotently(cluster: Cluster, tmp_path: Path) -> None:
+    ns = cluster.namespace
+    play = f"""
+- import_playbook: {ROOT}/playbooks/bootstrap.yml
+- import_playbook: {ROOT}/playbooks/bootstrap.yml
+"""
+    # The CRDs are installed by hsmd.kube.install_crds (fixture). The role's own CRD task is left out:
+    # the sandbox rejects a patch of a CRD that carries its customresourcecleanup finalizer (422), which
+    # a real API server accepts (reported to the sandbox's owner).
+    extravars = {"bootstrap_kubeconfig": cluster.kubeconfig, "bootstrap_namespace": ns,
+                 "softhsm_directory": str(tmp_path / "softhsm"), "operator_install_crds": False,
+                 "operator_access_policy": {"rules": [{"namespaces": ["team-a"], "paths": ["team-a/**"],
+                                                       "verbs": ["get", "list"]}]}}
+    run = run_playbook(tmp_path / "run", play, extravars=extravars)
+    assert not run.failed, run.failed
+    # the second run changes nothing (a skipped task leaves no ok result)
+    assert [r.get("changed") for r in run.results["Initialise the token"]] == [True]
+    for task in ("Apply the namespace, RBAC, policies and workloads", "Describe the token as an HSMDevice"):
+        assert [r.get("changed") for r in run.results[task]] == [True, False], (task, run.results[task])
+    pin = (tmp_path / "softhsm" / "pin").read_text()
+    run.assert_never_wrote([pin])
+
+    def get(path: str) -> dict[str, Any]:
+        return cluster.get(path)
+
+    for sa in ("operator", "discovery", "agent", "proxy"):
+        get(f"/api/v1/namespaces/{{ns}}/serviceaccounts/hsm-{sa}")
+    assert get("/api/v1/namespaces/{ns}/serviceaccounts/hsm-agent")["automountServiceAccountToken"] is False
+    discovery_rules = get("/apis/rbac.authorization.k8s.io/v1/clusterroles/hsm-discovery")["rules"]
+    assert {r["apiGroups"][0]: sorted(r["verbs"]) for r in discovery_rules} == {
+        "hsm.j5t.io": ["get", "list", "watch"], "": ["get"]}
+    assert get("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/hsm-discovery-report")["rules"][0][
+        "verbs"] == ["get", "patch"]
+    policies = kube.request(cluster.api, "GET", f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies")
+    assert {p["metadata"]["name"] for p in policies["items"]} >= {"hsm-default-deny", "hsm-agent"}
+    assert get("/api/v1/namespaces/{ns}/resourcequotas/hsm-quota")["spec"]["hard"]["pods"] == "50"
+    policy = get("/api/v1/namespaces/{ns}/configmaps/hsm-access-policy")["data"]["policy.yaml"]
+    assert "team-a/**" in policy
+    from hsmd.policy import Policy
+
+    assert Policy.parse(policy).allows("team-a", "get", "team-a/db")
+    daemonset = get("/apis/apps/v1/namespaces/{ns}/daemonsets/hsm-discovery")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:3] == ["discovery", "--sysfs-root", "/host/sys"]
+    assert {e["name"] for e in container["env"]} == {"POD_NAME", "POD_NAMESPACE", "NODE_NAME"}
+    proxy = get("/apis/apps/v1/namespaces/{ns}/deployments/hsm-proxy")["spec"]["template"]["spec"]["containers"][0]
+    assert f"{ns}/softhsm-dev-pool" in proxy["args"]
+    device = get(f"/apis/{API}/namespaces/{{ns}}/hsmdevices/softhsm-dev")["spec"]
+    assert device["deviceType"] == "SoftHSM" and device["pkcs11"]["pinSecret"] == {"name": "hsm-dev-pin", "key": "pin"}
+    secret = get("/api/v1/namespaces/{ns}/secrets/hsm-dev-pin")
+    import base64
+
+    assert base64.b64decode(secret["data"]["pin"]).decode() == pin
