@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from hsmd.errors import (
     AlreadyExists,
@@ -42,6 +42,9 @@ from hsmd.errors import (
     error_from_code,
 )
 from hsmd.model import Secret, SecretMetadata, TokenInfo, path_matches_prefix
+
+if TYPE_CHECKING:
+    from hsmd.agent.client import ClientTLS
 
 log = logging.getLogger("hsmd.fanout")
 
@@ -316,7 +319,7 @@ class AgentSet:
         self._factory = factory
         self._agents: list[AgentLike] = list(agents)
         self._members_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max_workers or 16, thread_name_prefix="fanout")
+        self._pool = ThreadPoolExecutor(max_workers=max_workers or 32, thread_name_prefix="fanout")
         # Writes and repairs of one path go out one at a time from this process, so two writes
         # never interleave differently on different agents (which no quorum could untangle).
         self._path_locks = [threading.RLock() for _ in range(self._LOCK_STRIPES)]
@@ -332,10 +335,10 @@ class AgentSet:
         addresses: Sequence[str],
         *,
         quorum: str = "majority",
-        tls: Any = None,
+        tls: ClientTLS | None = None,
         timeout: float = 10.0,
     ) -> AgentSet:
-        """An AgentSet of real ``AgentClient``s (``tls`` a ``hsmd.agent.client.ClientTLS``)."""
+        """An AgentSet of real ``AgentClient``s."""
         from hsmd.agent.client import AgentClient
 
         def factory(address: str) -> AgentLike:

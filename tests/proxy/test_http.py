@@ -540,3 +540,21 @@ def test_openapi_document_is_structurally_valid() -> None:
     public = {t for t, item in doc["paths"].items() for m, op in item.items()
               if m in HTTP_METHODS and op.get("security") == []}
     assert public == {"/healthz", "/readyz", "/api/v1/health"}
+
+
+def test_policy_file_changes_apply_without_restart(tmp_path: Path) -> None:
+    from hsmd.policy import PolicyFile
+
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(POLICY)
+    env = Env(tmp_path)
+    env.config.policy = PolicyFile(str(policy_path))
+    env.create("team-a/x", {"k": b"1"})
+    assert_error(env.client.get("/api/v1/hsm/secrets/team-a/x", headers=auth("tok-b")), 403, "forbidden")
+    policy_path.write_text(POLICY + '  - {namespaces: [team-b], paths: ["team-a/x"], verbs: [get]}\n')
+    assert env.client.get("/api/v1/hsm/secrets/team-a/x", headers=auth("tok-b")).status_code == 200
+    policy_path.write_text("rules: [{oops")  # invalid: the last good policy stays in force
+    assert env.client.get("/api/v1/hsm/secrets/team-a/x", headers=auth("tok-b")).status_code == 200
+    assert "not valid YAML" in env.client.get("/api/v1/hsm/info", headers=auth("tok-ops")).get_json()["policy"][
+        "lastError"]
+    env.agent_set.close()
