@@ -86,6 +86,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--proxy-threads", type=int, default=4, help="the broker's waitress threads")
     args = parser.parse_args()
 
     from hsmd import kube
@@ -109,7 +110,7 @@ def main() -> int:
         tok = make_agent_token(work / "token")
         with start_agent(tok.token, pin_file=tok.pin_file, workdir=work / "agent") as agent, \
                 start_proxy(work / "proxy", agents=[agent.address], kubeconfig=str(work / "kubeconfig"),
-                            extra=["--policy", str(policy), "--threads", str(max(8, args.threads * 2))]) as proxy:
+                            extra=["--policy", str(policy), "--threads", str(args.proxy_threads)]) as proxy:
             seed = AgentClient(agent.address, timeout=30)
             paths = [f"bench/app{i:03d}/creds" for i in range(args.secrets)]
             for i, path in enumerate(paths):

@@ -35,8 +35,9 @@ class RunningServer:
         self._closed = True
         if self._front is not None:
             self._front.close()
-        self._server.close()
+        # let running requests finish before the trigger they answer through is closed
         self._server.task_dispatcher.shutdown(timeout=5)
+        self._server.close()
         if self._tmpdir:
             for name in os.listdir(self._tmpdir):
                 os.unlink(os.path.join(self._tmpdir, name))
