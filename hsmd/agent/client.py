@@ -236,7 +236,7 @@ class AgentClient:
             self._check_precondition_legacy(path, create_only, expected_checksum)
         request = hsm_pb2.WriteSecretRequest(
             path=path,
-            secret_data=hsm_pb2.SecretData(data={k: bytes(v) for k, v in data.items()}),
+            secret_data=hsm_pb2.SecretData(data=_wire_data(data)),
             create_only=create_only,
             expected_checksum=expected_checksum or "",
         )
@@ -332,6 +332,16 @@ class AgentClient:
         the current sequence (or RESYNC when ``since`` cannot be replayed)."""
         call = self._stub.WatchChanges(hsm_pb2.WatchChangesRequest(prefix=prefix, since=since))
         return ChangeStream(call, self.address)
+
+
+def _wire_data(data: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Values must be bytes (the agent validates everything else, once, in the token layer)."""
+    out: dict[str, bytes] = {}
+    for key, value in data.items():
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise InvalidArgument(f"value of key {key!r} must be bytes, not {type(value).__name__}")
+        out[str(key)] = bytes(value)
+    return out
 
 
 def _read(path: str | None) -> bytes | None:

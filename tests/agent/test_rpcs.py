@@ -63,16 +63,18 @@ def test_checksum_and_checksums(shared_client: AgentClient, prefix: str) -> None
 
 
 def test_read_many_reports_each_path(shared_client: AgentClient, prefix: str) -> None:
-    paths = [f"{prefix}/s{i}" for i in range(105)]  # more than one ReadSecrets chunk (100)
-    for i, path in enumerate(paths):
+    present = [f"{prefix}/s{i}" for i in range(4)]
+    for i, path in enumerate(present):
         shared_client.write(path, {"i": str(i).encode()})
-    found = shared_client.read_many([*paths, f"{prefix}/missing", "bad//path"])
-    for i, path in enumerate(paths):
+    missing = [f"{prefix}/missing{i}" for i in range(100)]  # with the rest: more than one chunk (100)
+    found = shared_client.read_many([*present, *missing, "bad//path", present[0]])
+    assert len(found) == len(present) + len(missing) + 1
+    for i, path in enumerate(present):
         secret = found[path]
         assert isinstance(secret, model.Secret)
         assert secret.data == {"i": str(i).encode()}
         assert secret.checksum == model.checksum({"i": str(i).encode()})
-    assert isinstance(found[f"{prefix}/missing"], errors.NotFound)
+    assert all(isinstance(found[p], errors.NotFound) and found[p].path == p for p in missing)
     assert isinstance(found["bad//path"], errors.InvalidArgument)
     assert shared_client.read_many([]) == {}
 
@@ -136,3 +138,8 @@ def test_concurrent_calls_through_one_client(shared_client: AgentClient, prefix:
         t.join()
     assert not failures, failures
     assert len(shared_client.list(prefix)) == 30
+
+
+def test_text_values_are_refused_before_sending(shared_client: AgentClient, prefix: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match="must be bytes, not str"):
+        shared_client.write(f"{prefix}/x", {"k": "text"})  # type: ignore[dict-item]
