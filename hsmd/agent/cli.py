@@ -183,6 +183,8 @@ class Agent:
             max_queued=args.max_queued,
         )
         self.grpc = AgentServer(self.device, self.changes, options, address=args.listen, tls=tls)
+        # grpc.health follows the worker at once (the monitor below also follows the device)
+        self.device.on_state = self._worker_state
         host, port = _split_address(args.health_listen, "--health-listen")
         try:
             self.health = HealthServer((host, port), self._liveness, self._readiness)
@@ -197,6 +199,10 @@ class Agent:
         write_ready_file(args.ready_file, {"grpc": self.grpc.address, "health": self.health.address,
                                            "worker_pid": self.device.pid, "token_serial": info.serial,
                                            "epoch": self.changes.epoch})
+
+    def _worker_state(self, state: str) -> None:
+        if not self.draining:
+            self.grpc.set_serving(state == "ready")
 
     def _stop_grpc(self) -> None:
         self.draining = True

@@ -92,6 +92,8 @@ class DeviceWorker:
     ) -> None:
         self.config = config
         self.max_queued = max_queued  # 0: unlimited
+        # called (outside our lock) with the new state after every transition
+        self.on_state: Callable[[str], None] | None = None
         self.log_level = log_level
         self.restart_backoff = restart_backoff
         self.open_timeout = open_timeout
@@ -168,9 +170,17 @@ class DeviceWorker:
             self.token_info = info
             self._state = READY
             self._reason = "token open"
+        self._notify()
         threading.Thread(target=self._read_loop, args=(child,), name="device-reader", daemon=True).start()
         log.info("device worker ready", extra={"worker_pid": process.pid, "token_serial": info.serial})
         return info
+
+    def _notify(self) -> None:
+        if self.on_state is not None:
+            try:
+                self.on_state(self._state)
+            except Exception:
+                log.exception("state listener failed")
 
     def _kill(self, child: _Child) -> None:
         child.closed = True
@@ -233,6 +243,7 @@ class DeviceWorker:
         with self._lock:
             self._state = RESTARTING
             self._reason = reason
+        self._notify()
         self._supervisor = threading.Thread(target=self._restart_loop, name="device-restart", daemon=True)
         self._supervisor.start()
 
@@ -248,6 +259,7 @@ class DeviceWorker:
                     with self._lock:
                         self._state = FAILED
                         self._reason = f"the device worker cannot open the token: {err.message}"
+                    self._notify()
                     log.error("device worker cannot reopen the token; not retrying",
                               extra={"code": err.code, "reason": err.message})
                     return
