@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import os
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-
+from hsmd import kube
 from hsmd.errors import HsmdError, InvalidArgument
 from hsmd.fanout import QUORUMS, AgentSet, agents_from_pool
 from hsmd.policy import POLICY_CONFIGMAP, Policy, PolicyFile
@@ -82,15 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def api_client(kubeconfig: str | None) -> Any:
-    if kubeconfig:
-        return k8s_config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return k8s.ApiClient()
-    return k8s_config.new_client_from_config()  # type: ignore[no-untyped-call]
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -117,8 +105,13 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument("--agent-cert/--agent-key need --agent-ca")
     if args.max_body < 1024:
         raise InvalidArgument("--max-body must be at least 1024 bytes")
+    addresses: list[str] = []
+    if args.agent:
+        addresses = [
+            f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in (parse_hostport(a, "--agent") for a in args.agent)
+        ]
+    api = kube.api_client(args.kubeconfig)
     stop = shutdown_event()
-    api = api_client(args.kubeconfig)
 
     tls: Any = None
     if args.agent_ca:
@@ -126,11 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
         tls = ClientTLS(args.agent_ca, args.agent_cert, args.agent_key, args.agent_server_name)
 
-    if args.agent:
-        addresses = [
-            f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in (parse_hostport(a, "--agent") for a in args.agent)
-        ]
-    else:
+    if not args.agent:
         pool_ns, pool_name = parse_ref(args.pool, "--pool")
         addresses = agents_from_pool(api, pool_ns, pool_name)
         if not addresses:
