@@ -280,6 +280,7 @@ class Registry:
         self._by_gvr: dict[tuple[str, str, str], ResourceType] = {}
         self._by_key: dict[str, ResourceType] = {}
         self.generation = 0  # bumped on every change (discovery responses are cached per generation)
+        self._groups: tuple[int, dict[str, list[str]]] = (-1, {})
 
     def add(self, rt: ResourceType) -> None:
         old = self._by_key.get(rt.key)
@@ -314,7 +315,10 @@ class Registry:
         return list(self._by_key.values())
 
     def groups(self) -> dict[str, list[str]]:
-        """group -> served versions in preference order (core group under "")."""
+        """group -> served versions in preference order (core group under ""); cached per generation."""
+        generation, cached = self._groups
+        if generation == self.generation:
+            return cached
         out: dict[str, list[str]] = {}
         for rt in self._by_key.values():
             versions = out.setdefault(rt.group, [])
@@ -323,6 +327,7 @@ class Registry:
                     versions.append(v)
         for g, versions in out.items():
             out[g] = sorted(versions, key=_version_priority)
+        self._groups = (self.generation, out)
         return out
 
     def in_group_version(self, group: str, version: str) -> list[ResourceType]:

@@ -41,6 +41,7 @@ _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 
                 422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error",
                 503: "Service Unavailable", 504: "Gateway Timeout"}
 MAX_BODY = 3 * 1024 * 1024
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 NOT_FOUND_BODY = dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                         "message": "the server could not find the requested resource", "reason": "NotFound",
                         "details": {}, "code": 404})
@@ -140,34 +141,65 @@ class SandboxServer(ThreadingHTTPServer):
         return cached
 
 
+class _Headers(dict[str, str]):
+    """Request headers by lower-cased name (all the API layer needs of email.message.Message)."""
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, name.lower(), default)
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "hsmd-sandbox"
     server: SandboxServer
+    headers: Any
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def do_HEAD(self) -> None:
-        self._handle("HEAD")
-
-    def do_OPTIONS(self) -> None:
-        self._send(405, dumps(method_not_allowed().body()))
+    def handle_one_request(self) -> None:
+        """Parse one HTTP/1.1 request with a minimal header reader (the stdlib's email-based
+        parser costs more than serving a GET from the store) and dispatch it."""
+        try:
+            line = self.rfile.readline(65537)
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        if not line or len(line) > 65536:
+            self.close_connection = True
+            return
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        self.raw_requestline = line
+        self.command = method = parts[0].decode("latin-1")
+        self.path = parts[1].decode("latin-1")
+        self.request_version = version = parts[2].decode("latin-1")
+        headers = _Headers()
+        count = 0
+        while True:
+            hline = self.rfile.readline(65537)
+            if hline in (b"\r\n", b"\n", b""):
+                break
+            count += 1
+            if count > 100 or len(hline) > 65536:
+                self.close_connection = True
+                self.wfile.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
+                return
+            name, _, value = hline.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        self.headers = headers
+        conn = headers.get("connection", "").lower()
+        self.close_connection = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
+        if headers.get("expect", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if method in _METHODS:
+            self._handle(method)
+        else:
+            self._send(405, dumps(method_not_allowed().body()))
 
     # --- plumbing ------------------------------------------------------------------------
 
