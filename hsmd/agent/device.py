@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from hsmd.agent import framing
@@ -137,6 +137,9 @@ class DeviceWorker:
             self._state = FAILED
             self._reason = err.message
             raise
+        if self.config.token_serial is None and info.serial:
+            # A restarted worker must open this very token, not whatever now carries the label/slot.
+            self.config = replace(self.config, token_serial=info.serial)
         return info
 
     def _spawn(self) -> TokenInfo:
@@ -165,6 +168,12 @@ class DeviceWorker:
                 raise error_from_code(answer[1], answer[2])
             raise Unavailable(f"the device worker exited while opening the token (code {process.poll()})")
         info: TokenInfo = answer[1]
+        with self._lock:
+            if self._stopping.is_set():  # stop() ran while we were opening: do not leave a worker behind
+                child.closed = True
+        if child.closed:
+            self._close_child(child, timeout=5.0)
+            raise Unavailable("the agent is shutting down")
         with self._lock:
             self._child = child
             self.token_info = info
@@ -279,8 +288,16 @@ class DeviceWorker:
             child = self._child
             self._state = STOPPED
             self._reason = "stopped"
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(self.open_timeout)
         if child is None:
             return
+        self._close_child(child, timeout)
+        with self._lock:
+            if self._child is child:
+                self._child = None
+
+    def _close_child(self, child: _Child, timeout: float) -> None:
         try:
             with child.send_lock:
                 framing.send(child.sock, ("close",))
@@ -293,9 +310,6 @@ class DeviceWorker:
             log.warning("device worker did not stop in time; killing it", extra={"worker_pid": child.process.pid})
             child.process.kill()
             child.process.wait()
-        with self._lock:
-            if self._child is child:
-                self._child = None
 
     # --- calls ---------------------------------------------------------------------------------
 
