@@ -26,7 +26,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
                    "hsmd.dev", "hsmd.discovery"),
 }
 # Pure decision modules: no third-party I/O library at all.
-PURE = ("hsmd.model", "hsmd.errors", "hsmd.policy", "hsmd.pool", "hsmd.render")
+PURE = ("hsmd.model", "hsmd.errors", "hsmd.policy", "hsmd.pool", "hsmd.render", "hsmd.status")
 PURE_ALLOWED = {"yaml"}
 
 
