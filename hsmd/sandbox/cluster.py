@@ -673,6 +673,64 @@ class Cluster:
 
     # --- subresources and virtual kinds ------------------------------------------------------
 
+    def _scale_paths(self, rt: ResourceType) -> tuple[str, str, str | None]:
+        """(spec replicas path, status replicas path, label selector path) of a scalable kind."""
+        if rt.crd is not None and rt.crd.scale:
+            s = rt.crd.scale
+            return (s.get("specReplicasPath", ".spec.replicas"), s.get("statusReplicasPath", ".status.replicas"),
+                    s.get("labelSelectorPath"))
+        return ".spec.replicas", ".status.replicas", None
+
+    def _scale_of(self, rt: ResourceType, stored: Stored) -> dict[str, Any]:
+        spec_path, status_path, selector_path = self._scale_paths(rt)
+        obj = stored.obj
+        meta = obj["metadata"]
+        status: dict[str, Any] = {"replicas": _get_path(obj, status_path) or 0}
+        if selector_path:
+            selector = _get_path(obj, selector_path)
+            if selector:
+                status["selector"] = selector
+        else:
+            sel = (obj.get("spec") or {}).get("selector") or {}
+            labels = sel.get("matchLabels") or {}
+            if labels:
+                status["selector"] = ",".join(f"{k}={v}" for k, v in labels.items())
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                                  "creationTimestamp") if k in meta},
+                "spec": {"replicas": _get_path(obj, spec_path) or 0}, "status": status}
+
+    def scale(self, rt: ResourceType, version: str, namespace: str, name: str, verb: str, body: bytes,
+              content_type: str, opts: Options) -> tuple[int, bytes]:
+        """GET/PUT/PATCH of the autoscaling/v1 Scale subresource."""
+        with self.store.lock:
+            old = self._get_or_404(rt, namespace, name)
+            current = self._scale_of(rt, old)
+            if verb == "get":
+                return 200, dumps(current)
+            doc = parse_json(body, "Scale")
+            if verb == "update":
+                new_scale = doc
+            elif content_type.startswith("application/json-patch+json"):
+                new_scale = json_patch(current, doc)
+            elif isinstance(doc, dict):
+                new_scale = merge_patch(current, doc)
+            else:
+                raise bad_request("the Scale patch must be a JSON object")
+            if not isinstance(new_scale, dict):
+                raise bad_request("the body of the request could not be decoded as a Scale")
+            want_rv = (new_scale.get("metadata") or {}).get("resourceVersion")
+            if want_rv and want_rv != old.obj["metadata"]["resourceVersion"]:
+                raise conflict(rt.plural, rt.group, name)
+            replicas = (new_scale.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or replicas < 0:
+                raise invalid("Scale", "autoscaling", name, [Cause(
+                    "FieldValueInvalid", "spec.replicas", "must be greater than or equal to 0", replicas)])
+            new = json.loads(old.raw)
+            _set_path(new, self._scale_paths(rt)[0], replicas)
+            stored = self._update_internal(rt, namespace, old, new, opts, "", version)
+            return 200, dumps(self._scale_of(rt, stored))
+
     def token_request(self, namespace: str, name: str, body: bytes) -> bytes:
         req = parse_json(body)
         if not isinstance(req, dict):
@@ -1027,6 +1085,21 @@ class Cluster:
             return self.auth.authenticate(token)[0]
         except AuthFailure:
             raise StatusError(401, "Unauthorized", "Unauthorized") from None
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.strip(".").split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _set_path(obj: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.strip(".").split(".")
+    for part in parts[:-1]:
+        obj = obj.setdefault(part, {})
+    obj[parts[-1]] = value
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -118,6 +118,7 @@ class CRDInfo:
     schemas: dict[str, dict[str, Any]]  # version -> openAPIV3Schema
     served: tuple[str, ...]
     selectable_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    scale: dict[str, str] | None = None  # subresources.scale of the storage version
 
 
 def _hash(text: str) -> str:
@@ -230,11 +231,14 @@ def from_crd(crd: dict[str, Any]) -> ResourceType:
     selectable: dict[str, tuple[str, ...]] = {}
     has_status = False
     has_scale = False
+    scale: dict[str, str] | None = None
     for v in versions:
         sub = v.get("subresources") or {}
         if v["name"] == storage or not has_status:
             has_status = has_status or "status" in sub
             has_scale = has_scale or "scale" in sub
+        if isinstance(sub.get("scale"), dict) and (scale is None or v["name"] == storage):
+            scale = sub["scale"]
         schemas[v["name"]] = (v.get("schema") or {}).get("openAPIV3Schema") or {}
         cols = [PrinterColumn(c["name"], c.get("type", "string"), c["jsonPath"], c.get("description", ""),
                               int(c.get("priority", 0)), c.get("format", ""))
@@ -255,7 +259,7 @@ def from_crd(crd: dict[str, Any]) -> ResourceType:
         subresources=tuple(subresources), has_generation=True, allow_unconditional_update=False,
         return_deleted_object=True, strategic_merge=False, storage_version=storage,
         crd=CRDInfo(name=crd["metadata"]["name"], uid=crd["metadata"].get("uid", ""), schemas=schemas,
-                    served=served, selectable_fields=selectable),
+                    served=served, selectable_fields=selectable, scale=scale),
         printer_columns=columns,
     )
 

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from hsmd.sandbox import tables
+from hsmd.sandbox import protobuf, tables
 from hsmd.sandbox.auth import ANONYMOUS, ISSUER, UserInfo
 from hsmd.sandbox.cluster import SERVER_VERSION, Cluster, Options
 from hsmd.sandbox.faults import FaultInjector
@@ -262,6 +262,8 @@ class Handler(BaseHTTPRequestHandler):
             raw_path, _, qs = self.path.partition("?")
             query = dict(parse_qsl(qs, keep_blank_values=True)) if qs else {}
             body = self._body() if method in ("POST", "PUT", "PATCH", "DELETE") else b""
+            if body and self.headers.get("Content-Type", "").startswith("application/vnd.kubernetes.protobuf"):
+                body = dumps(protobuf.decode(body))  # kubectl's typed create commands send protobuf
             path = unquote(raw_path)
             if path.startswith("/sandbox/"):
                 self._admin(method, path, body)
@@ -379,6 +381,11 @@ class Handler(BaseHTTPRequestHandler):
             if verb != "create" or name is not None:
                 raise method_not_allowed()
             self._send(201, cluster.review(rt, ns, body, user))
+            return
+        if sub == "scale" and name is not None and verb in ("get", "update", "patch"):
+            code, out = cluster.scale(rt, version, ns, name, verb, body, self.headers.get("Content-Type", ""),
+                                      Options.from_query(query, self.headers.get("User-Agent", "")))
+            self._send(code, out)
             return
         if verb == "get":
             assert name is not None
@@ -658,6 +665,36 @@ class Handler(BaseHTTPRequestHandler):
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group
                 else version, "resources": resources}
 
+    def _openapi_v3(self, gv: str) -> dict[str, Any] | None:
+        """A skeleton OpenAPI v3 document for one group-version: operations with their GVK and query
+        parameters but no schemas. kubectl reads it to learn that the server validates fields itself
+        (``fieldValidation``); it then skips client-side schema validation."""
+        parts = gv.split("/")
+        if parts[0] == "api" and len(parts) == 2:
+            group, version = "", parts[1]
+        elif parts[0] == "apis" and len(parts) == 3:
+            group, version = parts[1], parts[2]
+        else:
+            return None
+        registry = self.server.cluster.registry
+        if version not in registry.groups().get(group, ()):
+            return None
+        params = [{"name": n, "in": "query", "schema": {"type": "string"}, "uniqueItems": True}
+                  for n in ("dryRun", "fieldManager", "fieldValidation", "force")]
+        paths: dict[str, Any] = {}
+        prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
+        for rt in registry.in_group_version(group, version):
+            gvk = {"group": rt.group, "version": version, "kind": rt.kind}
+            op = {"x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {}}
+            base = f"{prefix}/namespaces/{{namespace}}/{rt.plural}" if rt.namespaced else f"{prefix}/{rt.plural}"
+            if rt.virtual:
+                paths[base] = {"post": op}
+                continue
+            paths[base] = {"post": op, "get": dict(op, parameters=[])}
+            paths[f"{base}/{{name}}"] = {"get": dict(op, parameters=[]), "put": op, "patch": op, "delete": op}
+        return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+                "paths": paths, "components": {"schemas": {}}}
+
     def _nonresource(self, method: str, path: str, query: dict[str, str]) -> None:
         if method not in ("GET", "HEAD"):
             raise method_not_allowed()
@@ -676,6 +713,19 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, dumps({"issuer": ISSUER, "jwks_uri": f"{self.server.url}/openid/v1/jwks",
                                    "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
                                    "id_token_signing_alg_values_supported": ["ES256"]}))
+        elif path == "/openapi/v3":
+            groups = cluster.registry.groups()
+            gvs = [("api/v1" if not g else f"apis/{g}/{v}") for g, vs in groups.items() for v in vs]
+            self._send(200, dumps({"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash="
+                                                                        f"{cluster.registry.generation}"}
+                                             for gv in gvs}}))
+        elif path.startswith("/openapi/v3/"):
+            gv = path[len("/openapi/v3/"):]
+            doc = self._openapi_v3(gv)
+            if doc is None:
+                self._send(404, NOT_FOUND_BODY)
+            else:
+                self._send(200, self.server.discovery(f"openapi:{gv}", lambda: doc))
         elif path == "/openid/v1/jwks":
             self._send(200, dumps(cluster.auth.jwks()), b"application/jwk-set+json")
         else:

@@ -90,3 +90,46 @@ def test_kubectl_get_with_printer_columns(cluster: Cluster, widget_crd: dict, ns
     header, row = out.stdout.strip().splitlines()
     assert header.split() == ["NAME", "SIZE", "PHASE", "AGE"]
     assert row.split()[:2] == ["shown", "9"]
+
+
+DEPLOYMENT = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: "nginx:1"}]
+"""
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_apply_create_scale_and_whoami_over_tls(tmp_path: Path) -> None:
+    """kubectl sends credentials only over TLS, validates through OpenAPI v3 and creates built-ins as protobuf."""
+    with run_sandbox(tls=True, require_auth=True) as handle:
+        def kubectl(*args: str, stdin: str | None = None) -> str:
+            out = subprocess.run(["kubectl", "--kubeconfig", handle.kubeconfig, *args], capture_output=True,
+                                 text=True, input=stdin, timeout=60)
+            assert out.returncode == 0, (args, out.stderr)
+            return out.stdout
+
+        assert "sandbox-admin" in kubectl("auth", "whoami")
+        kubectl("apply", "-f", "-", stdin=DEPLOYMENT)
+        kubectl("apply", "-f", "-", stdin=DEPLOYMENT.replace("nginx:1", "nginx:2"))
+        kubectl("scale", "deployment", "web", "--replicas=3")
+        kubectl("create", "secret", "generic", "creds", "--from-literal=user=admin")
+        kubectl("create", "configmap", "settings", "--from-literal=a=b")
+        token = kubectl("create", "token", "default", "--audience", "hsmd-proxy").strip()
+        api = handle.api_client()
+        try:
+            deploy = client.AppsV1Api(api).read_namespaced_deployment("web", "default")
+            assert deploy.spec.replicas == 3 and deploy.spec.template.spec.containers[0].image == "nginx:2"
+            secret = client.CoreV1Api(api).read_namespaced_secret("creds", "default")
+            assert secret.data == {"user": "YWRtaW4="} and secret.type == "Opaque"
+            assert client.CoreV1Api(api).read_namespaced_config_map("settings", "default").data == {"a": "b"}
+            review = client.AuthenticationV1Api(api).create_token_review(client.V1TokenReview(
+                spec=client.V1TokenReviewSpec(token=token, audiences=["hsmd-proxy"])))
+            assert review.status.user.username == "system:serviceaccount:default:default"
+        finally:
+            api.close()
