@@ -58,7 +58,7 @@ log = logging.getLogger("hsmd.sync")
 
 MERGE_PATCH = kube.MERGE_PATCH
 DEFAULT_WORKERS = 8
-DEFAULT_READ_CHUNK = 256
+DEFAULT_READ_CHUNK = 500
 COMPONENT = "hsmd"
 
 
