@@ -126,6 +126,11 @@ class Agent:
             print(f"hsmd agent: {err.message}", file=sys.stderr)
             self._stop()
             return EXIT_START
+        except Exception as exc:  # still stop what did start (pcscd, the worker) before leaving
+            self.log.exception("agent failed to start")
+            print(f"hsmd agent: failed to start: {type(exc).__name__}: {exc}", file=sys.stderr)
+            self._stop()
+            return EXIT_START
         self.log.info("agent serving", extra={"grpc": self.grpc.address, "health": self.health.address,
                                               "tls": bool(self.args.tls_cert), "worker_pid": self.device.pid})
         monitor = threading.Thread(target=self._monitor, args=(stop,), name="health-monitor", daemon=True)
