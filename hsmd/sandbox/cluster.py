@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +81,19 @@ class Options:
     field_manager: str = ""
     force: bool = False
     field_validation: str = "Warn"
+    warnings: list[str] = field(default_factory=list)  # sent back as Warning headers
 
     @classmethod
     def from_query(cls, query: dict[str, str], user_agent: str = "") -> Options:
         manager = query.get("fieldManager", "")
         if not manager and user_agent:
             manager = user_agent.split("/")[0][:128]
+        validation = query.get("fieldValidation", "Warn") or "Warn"
+        if validation not in ("Ignore", "Warn", "Strict"):
+            raise bad_request(f'fieldValidation: Unsupported value: "{validation}": supported values: "Ignore", '
+                              '"Strict", "Warn"')
         return cls(dry_run=query.get("dryRun") == "All", field_manager=manager,
-                   force=query.get("force") in ("true", "1"),
-                   field_validation=query.get("fieldValidation", "Warn"))
+                   force=query.get("force") in ("true", "1"), field_validation=validation)
 
 
 class Cluster:
@@ -125,7 +129,6 @@ class Cluster:
         self._pending: set[tuple[str, ...]] = set()
         self._wake = threading.Condition(self.store.lock)
         self._stopped = False
-        self.on_write: list[Callable[[], None]] = []
         with self.store.lock:
             for key, ns, name, stored in list(self.store.all_objects()):
                 if key == CRD_KEY and not stored.obj["metadata"].get("deletionTimestamp"):
@@ -220,7 +223,7 @@ class Cluster:
             if match == "Exact" and want != self.store.rv:
                 raise gone(f"too old resource version: {want} ({self.store.rv})")
             if want > self.store.rv:
-                self._wait_for_rv(want)
+                self.wait_for_rv(want)
         items, rv, _ = self.select(rt, namespace, query)
         cont = query.get("continue", "")
         if cont:
@@ -258,7 +261,7 @@ class Cluster:
             dumps(rt.list_kind), dumps(api_version), dumps(meta))
         return head + b",".join(s.view(api_version) for s in items) + b"]}"
 
-    def _wait_for_rv(self, want: int, timeout: float = 3.0) -> None:
+    def wait_for_rv(self, want: int, timeout: float = 3.0) -> None:
         deadline = time.monotonic() + timeout
         while self.store.rv < want:
             if time.monotonic() > deadline:
@@ -334,7 +337,7 @@ class Cluster:
         if rt.plural == "services" and not rt.group:
             used_ips = {s.obj.get("spec", {}).get("clusterIP", "") for s in self.store.list_objects(rt.key, None)[0]}
         strategies.prepare_create(rt, obj, used_cluster_ips=used_ips)
-        self._crd_shape(rt, obj, version or rt.storage_version)
+        self._crd_shape(rt, obj, version or rt.storage_version, opts)
         errs = strategies.validate(rt, obj, None)
         if errs:
             raise invalid(rt.kind, rt.group, name, errs)
@@ -380,12 +383,21 @@ class Cluster:
             return managed.schema_list_info(rt.crd.schemas.get(rt.storage_version) or {})
         return managed.builtin_list_info
 
-    def _crd_shape(self, rt: ResourceType, obj: dict[str, Any], version: str) -> None:
-        """Prune unknown fields, apply defaults, validate against the version's schema (custom resources)."""
+    def _crd_shape(self, rt: ResourceType, obj: dict[str, Any], version: str, opts: Options | None = None) -> None:
+        """Prune unknown fields, apply defaults, validate against the version's schema (custom resources).
+
+        Unknown fields are an error with fieldValidation=Strict and a warning with Warn (the default),
+        as kube-apiserver reports them."""
         if rt.crd is None:
             return
         schema = rt.crd.schemas.get(version) or rt.crd.schemas.get(rt.storage_version) or {}
-        structural.prune(obj, schema, root=True)
+        removed: list[str] = []
+        structural.prune(obj, schema, root=True, removed=removed)
+        if removed and opts is not None and opts.field_validation != "Ignore":
+            texts = [f'unknown field "{p}"' for p in removed]
+            if opts.field_validation == "Strict":
+                raise bad_request("strict decoding error: " + ", ".join(texts))
+            opts.warnings.extend(texts)
         structural.apply_defaults(obj, schema)
         errs = structural.validate(obj, schema, root=True)
         errs = [e for e in errs if not e.field.startswith("metadata")] + strategies.validate_metadata(rt, obj)
@@ -509,7 +521,7 @@ class Cluster:
         if rt.namespaced:
             meta["namespace"] = ns
         if subresource != "status":
-            self._crd_shape(rt, new, version or rt.storage_version)
+            self._crd_shape(rt, new, version or rt.storage_version, opts)
         elif rt.crd is not None:
             schema = rt.crd.schemas.get(version or rt.storage_version) or {}
             structural.prune(new, schema, root=True)
@@ -842,8 +854,6 @@ class Cluster:
         if meta.get("ownerReferences") and (old is None or old.obj["metadata"].get("ownerReferences")
                                             != meta["ownerReferences"]):
             self._enqueue(("dangling", key, ns, name))
-        for cb in self.on_write:
-            cb()
 
     def _enqueue(self, task: tuple[str, ...]) -> None:
         with self._wake:

@@ -58,8 +58,10 @@ def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
-def prune(value: Any, schema: dict[str, Any], *, root: bool = False) -> Any:
-    """Drop fields the schema does not specify (unless x-kubernetes-preserve-unknown-fields)."""
+def prune(value: Any, schema: dict[str, Any], *, root: bool = False, removed: list[str] | None = None,
+          path: str = "") -> Any:
+    """Drop fields the schema does not specify (unless x-kubernetes-preserve-unknown-fields);
+    the dropped fields' paths are appended to ``removed`` (for fieldValidation Strict/Warn)."""
     if not schema:
         return value
     if isinstance(value, dict):
@@ -68,6 +70,8 @@ def prune(value: Any, schema: dict[str, Any], *, root: bool = False) -> Any:
             if isinstance(meta, dict):
                 for key in [k for k in meta if k not in _METADATA_FIELDS]:
                     del meta[key]
+                    if removed is not None:
+                        removed.append(_dot(_dot(path, "metadata"), key))
         props = _props(schema)
         addl = schema.get("additionalProperties")
         preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
@@ -77,21 +81,27 @@ def prune(value: Any, schema: dict[str, Any], *, root: bool = False) -> Any:
             if props is not None and key in props:
                 sub = props[key]
                 if isinstance(sub, dict) and value[key] is not None:
-                    value[key] = prune(value[key], sub)
+                    value[key] = prune(value[key], sub, removed=removed, path=_dot(path, key))
             elif isinstance(addl, dict):
                 if value[key] is not None:
-                    value[key] = prune(value[key], addl)
+                    value[key] = prune(value[key], addl, removed=removed, path=_dot(path, key))
             elif addl is True or preserve:
                 continue
             else:
                 del value[key]
+                if removed is not None:
+                    removed.append(_dot(path, key))
     elif isinstance(value, list):
         items = schema.get("items")
         if isinstance(items, dict):
             for i, item in enumerate(value):
                 if item is not None:
-                    value[i] = prune(item, items)
+                    value[i] = prune(item, items, removed=removed, path=f"{path}[{i}]")
     return value
+
+
+def _dot(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def _type_name(value: Any) -> str:

@@ -153,6 +153,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "hsmd-sandbox"
     server: SandboxServer
     headers: Any
+    _warnings: list[str] = []
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -212,6 +213,11 @@ class Handler(BaseHTTPRequestHandler):
                 b"Date: " + _DATE.get() + b"\r\n"]
         for name, value in extra or ():
             head.append(f"{name}: {value}\r\n".encode())
+        warnings = self._warnings
+        if warnings:
+            self._warnings = []
+            for text in warnings:
+                head.append(b'Warning: 299 - "' + text.replace('"', '\\"').encode() + b'"\r\n')
         if self.close_connection:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
@@ -224,7 +230,11 @@ class Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         length = self.headers.get("Content-Length")
         if length:
-            n = int(length)
+            try:
+                n = int(length)
+            except ValueError:
+                self.close_connection = True
+                raise bad_request(f"invalid Content-Length: {length!r}") from None
             if n > MAX_BODY:
                 self.close_connection = True
                 raise StatusError(413, "RequestEntityTooLarge", f"Request entity too large: limit is {MAX_BODY}")
@@ -424,6 +434,7 @@ class Handler(BaseHTTPRequestHandler):
             self._watch(rt, version, namespace if rt.namespaced else None, query)
             return
         opts = Options.from_query(query, self.headers.get("User-Agent", ""))
+        self._warnings = opts.warnings
         if verb == "create":
             if name is not None:
                 if sub == "token":
@@ -490,6 +501,13 @@ class Handler(BaseHTTPRequestHandler):
                 return False
             return fields is None or fields(s.obj)
 
+        if rv_param not in ("", "0"):
+            try:
+                want_rv = int(rv_param)
+            except ValueError:
+                raise bad_request(f"invalid resourceVersion: {rv_param!r}") from None
+            if want_rv > store.rv:
+                server.cluster.wait_for_rv(want_rv)  # 504 "Too large resource version" after 3 s
         watcher = Watcher(rt.key, namespace)
         initial: list[bytes] = []
         expired_msg: str | None = None

@@ -100,6 +100,7 @@ class Store:
         self._dependents: dict[str, set[tuple[str, str, str]]] = {}
         self._journal_path = Path(journal) if journal else None
         self._journal: Any = None
+        self._journal_records = 0  # appended since the last snapshot
         if self._journal_path is not None:
             self._load()
 
@@ -167,6 +168,7 @@ class Store:
             self._journal.write(b'{"k":%s,"ns":%s,"n":%s,"o":%s}\n' % (dumps(key), dumps(namespace), dumps(name),
                                                                           raw))
             self._journal.flush()
+            self._journal_written()
         return stored
 
     def remove(self, key: str, namespace: str, name: str, final: dict[str, Any]) -> Stored:
@@ -185,6 +187,7 @@ class Store:
             self._journal.write(b'{"k":%s,"ns":%s,"n":%s,"rv":%d}\n' % (dumps(key), dumps(namespace), dumps(name),
                                                                            rv))
             self._journal.flush()
+            self._journal_written()
         return stored
 
     def _index(self, key: str, namespace: str, name: str, stored: Stored) -> None:
@@ -278,18 +281,34 @@ class Store:
                     max_rv = max(max_rv, rv)
         self.rv = max_rv
         self.compacted = max_rv  # history is not persisted: older watches get 410, as after a restart
-        # compact: rewrite the journal as a snapshot of the live objects, then append from there
+        self._snapshot()
+
+    def _journal_written(self) -> None:
+        self._journal_records += 1
+        if self._journal_records > max(20000, 2 * sum(len(o) for by_ns in self._data.values()
+                                                       for o in by_ns.values())):
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        """Rewrite the journal as a snapshot of the live objects, then append from there."""
+        assert self._journal_path is not None
+        path = self._journal_path
+        if self._journal is not None:
+            self._journal.close()
         tmp = path.with_suffix(".tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as out:
-            out.write(b'{"k":"","ns":"","n":"","rv":%d}\n' % max_rv)
+            out.write(b'{"k":"","ns":"","n":"","rv":%d}\n' % self.rv)
             for key, by_ns in self._data.items():
                 for ns, objs in by_ns.items():
                     for name, stored in objs.items():
                         out.write(b'{"k":%s,"ns":%s,"n":%s,"o":%s}\n' % (dumps(key), dumps(ns), dumps(name),
                                                                           stored.raw))
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
         self._journal = path.open("ab")
+        self._journal_records = 0
 
     def close(self) -> None:
         with self.lock:

@@ -292,3 +292,15 @@ def test_deployment_defaults_and_selector_validation(cluster: Cluster, ns: str) 
             "metadata": {"name": "bad"}, "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {
                 "metadata": {"labels": {"app": "y"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})
     assert "spec.template.metadata.labels" in {c["field"] for c in _causes(err.value)}
+
+
+def test_field_validation_strict_and_warn(cluster: Cluster, ns: str, widget_crd: dict) -> None:
+    body = {"apiVersion": f"{GROUP}/v1", "kind": "Widget", "metadata": {"name": "strict"},
+            "spec": {"size": 1, "sizee": 2}}
+    status, _, out = raw(cluster.api, "POST", f"/apis/{GROUP}/v1/namespaces/{ns}/widgets?fieldValidation=Strict",
+                         body=body, content_type="application/json")
+    assert status == 400 and 'unknown field "spec.sizee"' in json.loads(out)["message"]
+    status, headers, out = raw(cluster.api, "POST", f"/apis/{GROUP}/v1/namespaces/{ns}/widgets?fieldValidation=Warn",
+                               body=body, content_type="application/json")
+    assert status == 201 and "sizee" not in json.loads(out)["spec"]
+    assert 'unknown field \\"spec.sizee\\"' in headers.get("Warning", "")
