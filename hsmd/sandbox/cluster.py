@@ -325,6 +325,11 @@ class Cluster:
         ns = self._ns(rt, namespace)
         if rt.namespaced:
             self._check_namespace_open(ns, rt)
+        if rt.crd is not None:
+            crd = self.store.get(CRD_KEY, "", rt.crd.name)
+            if crd is not None and crd.obj["metadata"].get("deletionTimestamp"):
+                raise StatusError(405, "MethodNotAllowed",
+                                  "create not allowed while custom resource definition is terminating")
         for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
             meta.pop(key, None)
         meta["uid"] = str(uuid.uuid4())
@@ -560,7 +565,8 @@ class Cluster:
         new = _ordered(new)
         if opts.dry_run:
             return Stored(new, dumps(new), old.rv)
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not (
+                rt.key == NS_KEY and (new.get("spec") or {}).get("finalizers")):
             stored = self.store.remove(rt.key, ns, name, new)
             self._after_delete(rt, ns, name, stored)
             return stored
@@ -651,23 +657,33 @@ class Cluster:
 
     def delete_collection(self, rt: ResourceType, version: str, namespace: str | None, body: bytes,
                           query: dict[str, str]) -> bytes:
+        """Delete every selected object; the answer is the list of what was deleted (or is now
+        terminating), as kube-apiserver returns it."""
         options = _delete_options(body, query)
+        api_version = rt.api_version(version)
+        out: list[bytes] = []
         with self.store.lock:
             items, _, _ = self.select(rt, namespace, query)
             for stored in items:
                 current = self.store.get(rt.key, stored.obj["metadata"].get("namespace", ""),
                                          stored.obj["metadata"]["name"])
-                if current is not None:
-                    self._delete_internal(rt, current.obj["metadata"].get("namespace", ""), current, options)
-        return dumps(success())
+                if current is None:
+                    continue
+                _, result = self._delete_internal(rt, current.obj["metadata"].get("namespace", ""), current,
+                                                  options)
+                out.append(result.view(api_version) if isinstance(result, Stored) else current.view(api_version))
+            rv = self.store.rv
+        head = b'{"kind":%s,"apiVersion":%s,"metadata":{"resourceVersion":"%d"},"items":[' % (
+            dumps(rt.list_kind), dumps(api_version), rv)
+        return head + b",".join(out) + b"]}"
 
     def _after_delete(self, rt: ResourceType, ns: str, name: str, stored: Stored) -> None:
         uid = stored.obj["metadata"].get("uid", "")
         if self.store.dependents(uid):
             self._enqueue(("owner-gone", uid))
         if rt.key == CRD_KEY:
-            found = self.registry.get(stored.obj["spec"]["group"], stored.obj["spec"]["versions"][0]["name"],
-                                      stored.obj["spec"]["names"]["plural"])
+            spec = stored.obj.get("spec") or {}
+            found = self.registry.by_key(f"{spec.get('group')}/{(spec.get('names') or {}).get('plural')}")
             if found is not None:
                 self.registry.remove(found)
         if rt.key == NS_KEY:

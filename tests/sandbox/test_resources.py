@@ -272,6 +272,8 @@ def test_namespace_deletion_terminates_then_removes_content(cluster: Cluster) ->
     assert err.value.status == 403
     wait_for(lambda: gone(lambda: cluster.core.read_namespaced_secret("s", name)), what="content removed")
     assert cluster.core.read_namespace(name).status.phase == "Terminating"  # held by the finalizer
+    cluster.core.patch_namespace(name, {"metadata": {"labels": {"touched": "yes"}}})
+    assert cluster.core.read_namespace(name).metadata.labels["touched"] == "yes"  # still terminating, not gone
     cluster.core.patch_namespaced_config_map("held", name, {"metadata": {"finalizers": None}})
     wait_for(lambda: gone(lambda: cluster.core.read_namespace(name)), timeout=30, what="namespace removed")
 
