@@ -877,6 +877,10 @@ class Cluster:
             self._wake.notify()
 
     def _controller_loop(self) -> None:
+        """Run queued controller work. Unfinished work (content held by finalizers...) is retried with
+        a backoff that resets whenever new work arrives; a task that keeps failing is dropped."""
+        failures: dict[tuple[str, ...], int] = {}
+        backoff = 0.05
         while True:
             with self._wake:
                 if self._stopped:
@@ -892,12 +896,18 @@ class Cluster:
                     try:
                         if not self._run_task(task):
                             retry.add(task)
+                        failures.pop(task, None)
                     except Exception:
-                        log.exception("controller task failed", extra={"task": list(task)})
-                        retry.add(task)
+                        failures[task] = failures.get(task, 0) + 1
+                        if failures[task] >= 20:
+                            log.exception("controller task dropped after 20 failures", extra={"task": list(task)})
+                            failures.pop(task)
+                        else:
+                            log.debug("controller task failed", exc_info=True, extra={"task": list(task)})
+                            retry.add(task)
                 self._pending |= retry
-                if retry:
-                    self._wake.wait(timeout=0.05)
+                woken = self._wake.wait(timeout=backoff) if retry else True
+                backoff = 0.05 if woken else min(backoff * 2, 0.5)  # nothing new arrived: back off
 
     def _run_task(self, task: tuple[str, ...]) -> bool:
         """Do one unit of controller work; False = not finished yet, try again soon."""

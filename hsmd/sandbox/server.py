@@ -154,6 +154,7 @@ class Handler(BaseHTTPRequestHandler):
     server: SandboxServer
     headers: Any
     _warnings: list[str] = []
+    _started = 0.0
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -197,6 +198,8 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
         if headers.get("expect", "").lower() == "100-continue":
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if log.isEnabledFor(logging.DEBUG):
+            self._started = time.perf_counter()
         if method in _METHODS:
             self._handle(method)
         else:
@@ -222,6 +225,9 @@ class Handler(BaseHTTPRequestHandler):
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
         self.wfile.write(b"".join(head) + (body if self.command != "HEAD" else b""))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request", extra={"method": self.command, "path": self.path, "status": code,
+                                        "ms": round((time.perf_counter() - self._started) * 1000, 2)})
 
     def _error(self, err: StatusError) -> None:
         extra = [("Retry-After", str(err.retry_after))] if err.retry_after is not None else None
