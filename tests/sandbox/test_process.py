@@ -24,7 +24,7 @@ def _core(kubeconfig: str) -> tuple[client.ApiClient, client.CoreV1Api]:
     return api, client.CoreV1Api(api)
 
 
-def test_state_survives_restart_and_resource_versions_continue(tmp_path: Path) -> None:
+def test_state_survives_a_killed_process_and_resource_versions_continue(tmp_path: Path) -> None:
     state = tmp_path / "state"
     crd_file = tmp_path / "crd.yaml"
     import json
@@ -42,6 +42,8 @@ def test_state_survives_restart_and_resource_versions_continue(tmp_path: Path) -
         last_rv = int(core.list_namespace().metadata.resource_version)
         token = first.admin_token
         api.close()
+        first.process.kill()  # SIGKILL: nothing acknowledged may be lost
+        first.process.wait(timeout=10)
     with start_sandbox_process(tmp_path / "run2", state_dir=state) as second:
         assert second.admin_token == token  # the kubeconfig of the first run stays valid
         api, core = _core(second.kubeconfig)
