@@ -437,6 +437,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, cluster.list_json(rt, version, list_ns, query))
             return
         if verb == "watch":
+            if name is not None:  # the deprecated single-object watch path: a watch with a name selector
+                selector = query.get("fieldSelector", "")
+                query = dict(query, fieldSelector=f"metadata.name={name}" + (f",{selector}" if selector else ""))
             self._watch(rt, version, namespace if rt.namespaced else None, query)
             return
         opts = Options.from_query(query, self.headers.get("User-Agent", ""))
