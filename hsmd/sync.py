@@ -303,11 +303,18 @@ def _find_existing(secrets: _Secrets, items: list[_Item], workers: int) -> None:
     """Owned Secrets by one labelled list per namespace; per-object GETs if listing is refused."""
     namespaces = sorted({i.target.namespace for i in items if i.target is not None})
     listed: dict[str, dict[str, dict[str, Any]] | HsmdError] = {}
+    by_owner: dict[str, list[dict[str, Any]]] = {}  # controller uid -> Secrets (for renamed targets)
     for namespace in namespaces:
         try:
-            listed[namespace] = {s["metadata"]["name"]: s for s in secrets.list_managed(namespace)}
+            found = secrets.list_managed(namespace)
         except Exception as exc:
             listed[namespace] = api_error(exc, f"listing Secrets in {namespace}")
+            continue
+        listed[namespace] = {s["metadata"]["name"]: s for s in found}
+        for secret in found:
+            ref = render.controller_of(secret)
+            if ref is not None and ref.get("uid"):
+                by_owner.setdefault(str(ref["uid"]), []).append(secret)
 
     need_get: list[_Item] = []
     for item in items:
@@ -322,8 +329,8 @@ def _find_existing(secrets: _Secrets, items: list[_Item], workers: int) -> None:
         item.existing = index.get(item.target.secret_name)
         # Secrets this HSMSecret still controls under an old name (spec.secretName changed)
         item.orphans = [
-            s for name, s in index.items()
-            if name != item.target.secret_name and render.is_owned_by(s, item.target)
+            s for s in by_owner.get(item.target.uid, ())
+            if s["metadata"]["name"] != item.target.secret_name and render.is_owned_by(s, item.target)
         ]
     if need_get:
         def fetch(it: _Item) -> None:
