@@ -286,20 +286,22 @@ class Registry:
         self.generation = 0  # bumped on every change (discovery responses are cached per generation)
         self._groups: tuple[int, dict[str, list[str]]] = (-1, {})
 
+    # Writers (CRD registration, under the store lock) build new dicts and swap them in, so readers
+    # on request threads never iterate a dict that is being changed.
+
     def add(self, rt: ResourceType) -> None:
-        old = self._by_key.get(rt.key)
-        if old is not None:
-            self.remove(old)
-        self._by_key[rt.key] = rt
+        by_key = dict(self._by_key)
+        by_gvr = {k: v for k, v in self._by_gvr.items() if v.key != rt.key}
+        by_key[rt.key] = rt
         for v in rt.versions:
-            self._by_gvr[(rt.group, v, rt.plural)] = rt
+            by_gvr[(rt.group, v, rt.plural)] = rt
+        self._by_key, self._by_gvr = by_key, by_gvr
         self.generation += 1
 
     def remove(self, rt: ResourceType) -> None:
-        self._by_key.pop(rt.key, None)
-        for v in rt.versions:
-            if self._by_gvr.get((rt.group, v, rt.plural)) is rt:
-                del self._by_gvr[(rt.group, v, rt.plural)]
+        by_key = {k: v for k, v in self._by_key.items() if v is not rt}
+        by_gvr = {k: v for k, v in self._by_gvr.items() if v is not rt}
+        self._by_key, self._by_gvr = by_key, by_gvr
         self.generation += 1
 
     def get(self, group: str, version: str, plural: str) -> ResourceType | None:

@@ -248,3 +248,30 @@ def test_events_and_leases(cluster: Cluster, ns: str) -> None:
     lease.spec.holder_identity = "b"
     updated = coord.replace_namespaced_lease("lock", ns, lease)
     assert updated.spec.holder_identity == "b"
+
+
+def test_optimistic_concurrency_under_contention(cluster: Cluster, ns: str) -> None:
+    """Concurrent read-modify-write loops with conflict retries lose no increment."""
+    import threading
+
+    cluster.core.create_namespaced_config_map(ns, _cm("counter", n="0"))
+    conflicts = []
+
+    def bump(times: int) -> None:
+        for _ in range(times):
+            while True:
+                cm = cluster.core.read_namespaced_config_map("counter", ns)
+                cm.data["n"] = str(int(cm.data["n"]) + 1)
+                try:
+                    cluster.core.replace_namespaced_config_map("counter", ns, cm)
+                    break
+                except ApiException as exc:
+                    assert exc.status == 409
+                    conflicts.append(1)
+
+    threads = [threading.Thread(target=bump, args=(10,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert cluster.core.read_namespaced_config_map("counter", ns).data["n"] == "40"
