@@ -61,6 +61,8 @@ Key = tuple[str, str]
 SECRETS = kube.Resource("v1", "Secret", "secrets", namespaced=True, has_status=False)
 DEFAULT_SYNC_INTERVAL = 300.0
 FAST_LANE_MAX_WAIT = 0.05
+# A burst of new objects is taken as one batch once no new one arrived for this long.
+BATCH_IDLE = 0.25
 FAST_LANE_MAX_SIZE = 1000
 
 
@@ -156,9 +158,26 @@ class KindController:
             self.operator.on_dependent_event(self.watch, etype, old)
             return
         assert new is not None
-        if etype == "ADDED" or relevant_change(old, new, annotations=self.watch.watch_annotations_changes):
+        if etype == "ADDED" or (
+            relevant_change(old, new, annotations=self.watch.watch_annotations_changes)
+            and not self._only_our_finalizer_added(old, new)
+        ):
             self.enqueue(key_of(new))
         self.operator.on_dependent_event(self.watch, etype, new)
+
+    def _only_our_finalizer_added(self, old: Obj | None, new: Obj) -> bool:
+        """Our own finalizer patch echoing back is not a reason to reconcile again."""
+        fin = self.watch.finalizer
+        if old is None or fin is None:
+            return False
+        before = list(_meta(old).get("finalizers") or [])
+        after = list(_meta(new).get("finalizers") or [])
+        if after != [*before, fin.name]:
+            return False
+        return relevant_change(
+            dict(old, metadata=dict(_meta(old), finalizers=after)), new,
+            annotations=self.watch.watch_annotations_changes,
+        ) is False
 
     def enqueue(self, key: Key, delay: float = 0.0) -> None:
         self.queue.add(key, delay)
@@ -188,8 +207,9 @@ class KindController:
         batch = self.watch.batch
         max_size = batch.max_size if batch else 1
         max_wait = batch.max_wait if batch else 0.0
+        idle = min(BATCH_IDLE, max_wait)
         while not self.operator.stopping.is_set():
-            keys = self.queue.get_batch(max_size, max_wait)
+            keys = self.queue.get_batch(max_size, max_wait, idle=idle)
             if not keys:
                 continue
             claimed = self.operator.claim(self.kind, keys)
@@ -239,9 +259,15 @@ class KindController:
         if finalize:
             self._finalize(finalize)
         if reconcile:
-            reconcile = self._ensure_finalizers(reconcile)
-            if reconcile:
+            # The finalizer goes on while the role runs (the Secret's ownerReference already ties
+            # it to the object, so the order does not matter and the batch saves the round trips).
+            adder = threading.Thread(target=self._ensure_finalizers, args=(reconcile,), daemon=True,
+                                     name=f"finalizers-{self.kind}")
+            adder.start()
+            try:
                 self._reconcile(reconcile)
+            finally:
+                adder.join()
         self.operator.metrics.reconcile_duration.labels(self.kind, "role").observe(time.monotonic() - started)
 
     def needs_role(self, obj: Mapping[str, Any]) -> bool:

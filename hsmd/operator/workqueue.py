@@ -7,8 +7,10 @@ Semantics follow client-go's rate-limited workqueue, plus batching:
   processed marks it dirty, and it is queued again when that processing is ``done`` — so a change
   that arrives mid-run is never lost and never processed twice at once;
 - ``retry(key)`` re-adds after ``base * 2**(failures-1)`` seconds, capped; ``forget(key)`` resets;
-- ``get_batch(max_size, max_wait)`` blocks for the first due key, then waits up to ``max_wait``
-  (from when that key became due) for the batch to fill to ``max_size``.
+- ``get_batch(max_size, max_wait, idle)`` blocks for the first due key, then waits up to ``max_wait``
+  (from when that key became due) for the batch to fill to ``max_size`` - but no longer than
+  ``idle`` after the last key arrived: a burst is taken whole as soon as it stops, and a single
+  key does not wait the full ``max_wait``.
 
 Keys are opaque hashables; the controller uses (namespace, name).
 """
@@ -64,6 +66,7 @@ class WorkQueue:
         self._dirty: dict[Hashable, float] = {}  # key -> delay to apply when its processing ends
         self._shutdown = False
         self._on_depth = on_depth
+        self._last_add = 0.0
 
     # --- producers ---------------------------------------------------------------------------
 
@@ -113,6 +116,7 @@ class WorkQueue:
         if delay <= 0:
             self._delayed.pop(key, None)
             self._ready[key] = now
+            self._last_add = now
             return
         current = self._delayed.get(key)
         if current is not None and current <= due:
@@ -135,9 +139,12 @@ class WorkQueue:
             del self._delayed[key]
             if key not in self._ready and key not in self._processing:
                 self._ready[key] = due
+                self._last_add = max(self._last_add, due)
         return None
 
-    def get_batch(self, max_size: int = 1, max_wait: float = 0.0, *, timeout: float | None = None) -> list[Hashable]:
+    def get_batch(
+        self, max_size: int = 1, max_wait: float = 0.0, *, idle: float | None = None, timeout: float | None = None
+    ) -> list[Hashable]:
         """Up to ``max_size`` due keys, marked as processing; [] on shutdown or after ``timeout``."""
         deadline = None if timeout is None else self._clock() + timeout
         with self._cond:
@@ -150,6 +157,8 @@ class WorkQueue:
                 if self._ready:
                     first_due = next(iter(self._ready.values()))
                     fill_deadline = first_due + max_wait
+                    if idle is not None:
+                        fill_deadline = min(fill_deadline, max(first_due, self._last_add) + idle)
                     if len(self._ready) >= max_size or now >= fill_deadline:
                         return self._take_locked(max_size)
                     wake = fill_deadline if wake is None else min(wake, fill_deadline)

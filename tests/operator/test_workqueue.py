@@ -98,3 +98,14 @@ def test_depth_callback() -> None:
     q.add_many(["a", "b"])
     q.get_batch(max_size=5)
     assert seen[0] == 2 and seen[-1] == 0
+
+
+def test_a_burst_is_taken_when_it_stops_not_after_max_wait() -> None:
+    q = WorkQueue()
+    q.add("a")
+    threading.Timer(0.1, q.add, args=("b",)).start()
+    start = time.monotonic()
+    batch = q.get_batch(max_size=10, max_wait=5.0, idle=0.3)
+    elapsed = time.monotonic() - start
+    assert sorted(batch) == ["a", "b"]  # type: ignore[type-var]
+    assert 0.35 <= elapsed < 2.0  # 0.3 s after the last key, far less than max_wait
