@@ -85,13 +85,15 @@ class SandboxServer(ThreadingHTTPServer):
         self._conn_lock = threading.Lock()
         self._discovery_cache: dict[tuple[int, str], bytes] = {}
         self.stopping = False
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), self.server_address[1]
         scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://{host!s}:{port}"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -310,6 +312,7 @@ class Handler(BaseHTTPRequestHandler):
         root = segs[0]
         if root == "api":
             if len(segs) == 1:
+                self._check_discovery_accept()
                 server.faults.before("get", "")
                 self._send(200, server.discovery("api", lambda: {
                     "kind": "APIVersions", "versions": ["v1"],
@@ -660,8 +663,7 @@ class Handler(BaseHTTPRequestHandler):
     # --- discovery -----------------------------------------------------------------------
 
     def _host(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"{host!s}:{port}"
+        return self.server.url.split("//", 1)[1]
 
     def _check_discovery_accept(self) -> None:
         accept = self.headers.get("Accept", "")
