@@ -99,37 +99,33 @@ def test_label_selector_watch_reports_objects_leaving_the_selection(cluster: Clu
     assert events == ["ADDED", "DELETED", "ADDED"]
 
 
-def test_watch_from_compacted_resource_version_is_gone(cluster: Cluster, ns: str) -> None:
-    """Resource version 1 is long compacted on a real cluster; the sandbox answers the same way."""
-    if cluster.is_sandbox:
-        pytest.skip("covered with a small history window in test_history_window_gives_410")
-    with pytest.raises(ApiException) as err:
-        list(watch.Watch().stream(cluster.core.list_namespaced_config_map, ns, resource_version="1",
-                                  timeout_seconds=2))
-    assert err.value.status == 410
-
-
 @pytest.fixture
 def small_history() -> Iterator[SandboxHandle]:
     with run_sandbox(history_window=5, bookmark_interval=0.2) as handle:
         yield handle
 
 
-@pytest.mark.sandbox_only
-def test_history_window_gives_410(small_history: SandboxHandle) -> None:
-    api = small_history.api_client()
+def test_watch_from_a_compacted_resource_version_is_gone(cluster: Cluster, request: pytest.FixtureRequest) -> None:
+    """A real cluster has long compacted resourceVersion 1; the sandbox gets a 5-event history window."""
+    if cluster.is_sandbox:
+        handle = request.getfixturevalue("small_history")
+        api = handle.api_client()
+        ns = "default"
+    else:
+        api = cluster.api
+        ns = request.getfixturevalue("ns")
     core = client.CoreV1Api(api)
-    old = core.list_namespaced_config_map("default").metadata.resource_version
+    old = "1" if not cluster.is_sandbox else core.list_namespaced_config_map(ns).metadata.resource_version
     for i in range(10):
-        core.create_namespaced_config_map("default", _cm(f"h{i}"))
+        core.create_namespaced_config_map(ns, _cm(f"h{i}"))
     with pytest.raises(ApiException) as err:
-        list(watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=old,
-                                  timeout_seconds=2))
+        list(watch.Watch().stream(core.list_namespaced_config_map, ns, resource_version=old, timeout_seconds=2))
     assert err.value.status == 410 and "Expired" in str(err.value.reason)
-    recent = core.list_namespaced_config_map("default").metadata.resource_version
-    assert list(watch.Watch().stream(core.list_namespaced_config_map, "default", resource_version=recent,
+    recent = core.list_namespaced_config_map(ns).metadata.resource_version
+    assert list(watch.Watch().stream(core.list_namespaced_config_map, ns, resource_version=recent,
                                      timeout_seconds=1)) == []
-    api.close()
+    if cluster.is_sandbox:
+        api.close()
 
 
 @pytest.mark.sandbox_only
