@@ -30,7 +30,7 @@ from hsmd.sandbox.cluster import SERVER_VERSION, Cluster, Options
 from hsmd.sandbox.faults import FaultInjector
 from hsmd.sandbox.resources import ResourceType
 from hsmd.sandbox.selectors import field_matcher, label_matcher
-from hsmd.sandbox.status import StatusError, bad_request, method_not_allowed, not_found
+from hsmd.sandbox.status import Cause, StatusError, bad_request, invalid, method_not_allowed, not_found
 from hsmd.sandbox.store import ADDED, CLOSE, DELETED, MODIFIED, Event, Stored, Watcher, dumps
 
 log = logging.getLogger("hsmd.sandbox")
@@ -505,8 +505,17 @@ class Handler(BaseHTTPRequestHandler):
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         send_initial = query.get("sendInitialEvents") in ("true", "1")
         rv_param = query.get("resourceVersion", "")
-        if send_initial and query.get("resourceVersionMatch") != "NotOlderThan":
-            raise StatusError(422, "Invalid", "sendInitialEvents requires resourceVersionMatch=NotOlderThan")
+        if send_initial:
+            causes = []
+            if query.get("resourceVersionMatch") != "NotOlderThan":
+                causes.append(Cause("FieldValueForbidden", "sendInitialEvents",
+                                    "sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to "
+                                    "NotOlderThan"))
+            if not bookmarks:
+                causes.append(Cause("FieldValueForbidden", "allowWatchBookmarks",
+                                    "allowWatchBookmarks must be set to true when sendInitialEvents is set"))
+            if causes:
+                raise invalid("ListOptions", "meta.k8s.io", "", causes)
 
         def match(s: Stored) -> bool:
             if labels is not None and not labels(s.labels):
