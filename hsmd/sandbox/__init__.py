@@ -67,14 +67,27 @@ class Sandbox:
                  history_window: int = DEFAULT_HISTORY_WINDOW, bookmark_interval: float = 60.0,
                  watch_timeout: float = 1800.0, kubeconfig_path: str | Path | None = None,
                  admin_token: str | None = None) -> None:
-        self._tmp = tempfile.mkdtemp(prefix="hsmd-sandbox-")
+        # a scratch directory only when something has no other home (kubeconfig, TLS files)
+        need_tmp = kubeconfig_path is None or (tls and not state_dir)
+        self._tmp = tempfile.mkdtemp(prefix="hsmd-sandbox-") if need_tmp else None
+        try:
+            self._start(host, port, state_dir, tokens_file, require_auth, tls, history_window, bookmark_interval,
+                        watch_timeout, kubeconfig_path, admin_token)
+        except BaseException:
+            if self._tmp:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+    def _start(self, host: str, port: int, state_dir: str | Path | None, tokens_file: str | None,
+               require_auth: bool, tls: bool, history_window: int, bookmark_interval: float, watch_timeout: float,
+               kubeconfig_path: str | Path | None, admin_token: str | None) -> None:
         self.cluster = Cluster(state_dir=state_dir, tokens_file=tokens_file, history_window=history_window,
                                admin_token=admin_token)
         ssl_context = None
         self.ca_file: str | None = None
         ca_pem = b""
         if tls:
-            cert_dir = Path(state_dir) / "tls" if state_dir else Path(self._tmp) / "tls"
+            cert_dir = Path(state_dir) / "tls" if state_dir else Path(str(self._tmp)) / "tls"
             ca_pem, cert_file, key_file = _serving_cert(cert_dir, host)
             self.ca_file = str(cert_dir / "ca.crt")
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -89,7 +102,7 @@ class Sandbox:
             self.cluster.close()
             raise
         self.url = self.server.url
-        self.kubeconfig = str(kubeconfig_path or Path(self._tmp) / "kubeconfig")
+        self.kubeconfig = str(kubeconfig_path or Path(str(self._tmp)) / "kubeconfig")
         write_kubeconfig(self.kubeconfig, self.url, self.cluster.auth.admin_token, ca_pem or None)
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="sandbox-http", daemon=True)
@@ -104,7 +117,8 @@ class Sandbox:
         self.server.stop()
         self._thread.join(timeout=5)
         self.cluster.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def start_sandbox(**kwargs: Any) -> Sandbox:
