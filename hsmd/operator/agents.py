@@ -99,7 +99,9 @@ class Agents:
         timeout: float = 10.0,
         api: Any = None,
         pool_ttl: float = 30.0,
+        on_new_group: Callable[[AgentGroup], None] | None = None,
     ) -> None:
+        self.on_new_group = on_new_group
         self.tls = tls
         self.timeout = timeout
         self.api = api
@@ -108,6 +110,7 @@ class Agents:
         self._static = AgentGroup(static, tls=tls, timeout=timeout) if static else None
         self._groups: dict[tuple[str, ...], AgentGroup] = {}
         self._pools: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
+        self._namespace_pools: dict[str, tuple[float, tuple[str, ...]]] = {}
 
     @property
     def static(self) -> AgentGroup | None:
@@ -124,12 +127,16 @@ class Agents:
     def _group(self, addresses: tuple[str, ...]) -> AgentGroup | None:
         if not addresses:
             return None
+        created = False
         with self._lock:
             group = self._groups.get(addresses)
             if group is None:
                 group = AgentGroup(addresses, tls=self.tls, timeout=self.timeout)
                 self._groups[addresses] = group
-            return group
+                created = True
+        if created and self.on_new_group is not None:
+            self.on_new_group(group)  # e.g. subscribe to its change streams at once
+        return group
 
     def pool_of(self, hsmsecret: Mapping[str, Any]) -> tuple[str, str] | None:
         """(namespace, HSMPool name) serving an HSMSecret in a cluster; None when undetermined."""
@@ -142,16 +149,21 @@ class Agents:
             return (ns, name if ref.get("kind", "HSMPool") == "HSMPool" else f"{name}-pool")
         if self.api is None:
             return None
-        from hsmd import kube
+        now = time.monotonic()
+        with self._lock:
+            cached = self._namespace_pools.get(namespace)
+        if cached is None or now - cached[0] > self.pool_ttl:
+            from hsmd import kube
 
-        try:
-            listing = kube.request(self.api, "GET", f"/apis/{kube.API_VERSION}/namespaces/{namespace}/hsmpools")
-        except Exception:
-            return None
-        items = listing.get("items") or []
-        if len(items) == 1:
-            return (namespace, str(items[0]["metadata"]["name"]))
-        return None
+            try:
+                listing = kube.request(self.api, "GET", f"/apis/{kube.API_VERSION}/namespaces/{namespace}/hsmpools")
+                names = tuple(sorted(str(i["metadata"]["name"]) for i in listing.get("items") or []))
+            except Exception:
+                names = cached[1] if cached else ()
+            cached = (now, names)
+            with self._lock:
+                self._namespace_pools[namespace] = cached
+        return (namespace, cached[1][0]) if len(cached[1]) == 1 else None
 
     def for_object(self, hsmsecret: Mapping[str, Any]) -> AgentGroup | None:
         if self._static is not None:

@@ -163,7 +163,8 @@ class KindController:
             and not self._only_our_finalizer_added(old, new)
         ):
             self.enqueue(key_of(new))
-        self.operator.on_dependent_event(self.watch, etype, new)
+            if etype == "MODIFIED":
+                self.operator.on_dependent_event(self.watch, etype, new)
 
     def _only_our_finalizer_added(self, old: Obj | None, new: Obj) -> bool:
         """Our own finalizer patch echoing back is not a reason to reconcile again."""
@@ -548,8 +549,10 @@ class HSMSecretController(KindController):
         return not (done is not None and done[0] == generation and time.monotonic() - done[1] < 30)
 
     def note_role_done(self, key: Key, obj: Mapping[str, Any]) -> None:
+        now = time.monotonic()
         with self._index_lock:
-            self._role_done[key] = (_meta(obj).get("generation") or 0, time.monotonic())
+            self._role_done[key] = (_meta(obj).get("generation") or 0, now)
+            self._last_check[key] = now  # just synced: the next periodic check is a syncInterval away
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -583,6 +586,21 @@ class HSMSecretController(KindController):
                 extra["hsm_secret_agent"] = addresses[0]
             out.append((members, extra))
         return out
+
+    def _reconcile(self, objects: list[Obj]) -> None:
+        served: list[Obj] = []
+        unserved: list[Obj] = []
+        for obj in objects:
+            (served if self.operator.agents.for_object(obj) is not None else unserved).append(obj)
+        if unserved:
+            # No agent serves these (no --agent, no HSMPool with ready agents): a run could only
+            # fail. Record Unavailable in-process; the fast lane retries with backoff.
+            for obj in unserved:
+                self.queue.forget(key_of(obj))
+                self.note_role_done(key_of(obj), obj)
+            self.sync_now(unserved)
+        if served:
+            super()._reconcile(served)
 
     def results_by_key(self, result: RunResult) -> dict[Key, Mapping[str, Any]]:
         out: dict[Key, Mapping[str, Any]] = {}
@@ -631,6 +649,11 @@ class HSMSecretController(KindController):
             objects.append(obj)
         if not objects:
             return
+        self.sync_now(objects)
+        self.operator.metrics.reconcile_duration.labels(self.kind, "fast").observe(time.monotonic() - started)
+
+    def sync_now(self, objects: list[Obj]) -> None:
+        """hsmd.sync in this process: the same engine as the role's module, no ansible run."""
         by_group: dict[tuple[str, ...], tuple[AgentGroup | None, list[Obj]]] = {}
         for obj in objects:
             group = self.operator.agents.for_object(obj)
@@ -657,7 +680,6 @@ class HSMSecretController(KindController):
                 if outcome.secret_changed:
                     log.info("secret synced", extra={"object": "/".join(key), "action": outcome.action,
                                                      "path": outcome.path})
-        self.operator.metrics.reconcile_duration.labels(self.kind, "fast").observe(time.monotonic() - started)
 
     # --- resync and change streams -------------------------------------------------------------
 
@@ -833,7 +855,9 @@ class Operator:
             self.controllers.append(controller)
         self._by_kind = {(c.watch.group, c.watch.kind): c for c in self.controllers}
         self._subscribers: dict[str, ChangeSubscriber] = {}
+        self._subscribers_lock = threading.Lock()
         self._scheduler: Any = None
+        agents.on_new_group = lambda _group: self._refresh_subscriptions(resolve=False)
         self._executor_lock = threading.Lock()
 
     # --- shared services ---------------------------------------------------------------------
@@ -902,10 +926,9 @@ class Operator:
             gauge.labels(key[0], key[1]).set(moment.astimezone(UTC).timestamp())
 
     def on_dependent_event(self, watch: Watch, etype: str, obj: Mapping[str, Any]) -> None:
-        """An object owned by another watched kind changed or went away: reconcile its owner
-        (watchDependentResources), e.g. an HSMPool deleted behind its HSMDevice's back."""
-        if etype == "ADDED":
-            return
+        """An object owned by another watched kind had its spec changed or went away: reconcile its
+        owner (watchDependentResources), e.g. an HSMPool deleted behind its HSMDevice's back.
+        Status updates of the dependent (its own reconciles) are not a reason."""
         meta = _meta(obj)
         for ref in meta.get("ownerReferences") or []:
             if not isinstance(ref, Mapping) or not ref.get("controller"):
@@ -970,25 +993,31 @@ class Operator:
         except Exception:
             log.exception("resync failed")
 
-    def _refresh_subscriptions(self) -> None:
+    def _refresh_subscriptions(self, resolve: bool = True) -> None:
+        """One change-stream subscription per agent in use (new pools and members come and go)."""
         controller = self.secret_controller
-        if controller is None or not self.settings.fast_path:
+        if controller is None or not self.settings.fast_path or not self._leading.is_set():
             return
-        if self.agents.static is None and controller.informer.synced:
+        if resolve and self.agents.static is None and controller.informer.synced:
             for obj in controller.informer.items():
                 self.agents.for_object(obj)  # resolves pools, creating their groups
         wanted: dict[str, Any] = {}
         for group in self.agents.groups():
             for client in group.clients:
                 wanted[client.address] = client
-        for address, client in wanted.items():
-            if address not in self._subscribers:
-                subscriber = ChangeSubscriber(client, controller.on_change, controller.on_resync)
-                self._subscribers[address] = subscriber
-                subscriber.start()
-        for address in list(self._subscribers):
-            if address not in wanted:
-                self._subscribers.pop(address).stop()
+        stale: list[ChangeSubscriber] = []
+        with self._subscribers_lock:
+            for address, client in wanted.items():
+                if address not in self._subscribers:
+                    subscriber = ChangeSubscriber(client, controller.on_change, controller.on_resync)
+                    self._subscribers[address] = subscriber
+                    subscriber.start()
+            if resolve:
+                for address in list(self._subscribers):
+                    if address not in wanted:
+                        stale.append(self._subscribers.pop(address))
+        for subscriber in stale:
+            subscriber.stop()
 
     def stop(self) -> None:
         """Stop watching, cancel running ansible runs, wait for the workers."""
@@ -997,7 +1026,10 @@ class Operator:
         if self._scheduler is not None:
             with contextlib.suppress(Exception):  # it may not have started
                 self._scheduler.shutdown(wait=False)
-        for subscriber in list(self._subscribers.values()):
+        with self._subscribers_lock:
+            subscribers = list(self._subscribers.values())
+            self._subscribers.clear()
+        for subscriber in subscribers:
             subscriber.stop()
         for controller in self.controllers:
             controller.stop()

@@ -284,7 +284,18 @@ class AnsibleRunner:
                 )
             if on_event is not None:
                 on_event(event)
-            return kind in _PERSISTED_EVENTS
+            if kind not in _PERSISTED_EVENTS:
+                return False
+            # What reaches the artifacts: task names, outcomes and failures; not the results of
+            # tasks that went fine (they can hold whole batches) nor any module's arguments.
+            outcome = data.get("res")
+            if isinstance(outcome, dict):
+                if kind in ("runner_on_ok", "runner_on_skipped"):
+                    data["res"] = {k: outcome[k] for k in ("changed", "skipped", "skip_reason") if k in outcome}
+                    event["stdout"] = str(event.get("stdout") or "").split("\n", 1)[0]
+                else:
+                    outcome.pop("invocation", None)
+            return True
 
         with self._lock:
             self._active.add(ident)

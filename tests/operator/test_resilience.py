@@ -179,3 +179,37 @@ def test_operator_killed_mid_batch_converges_with_nothing_orphaned(chaos: tuple[
                    if (render.controller_of(s) or {}).get("uid") not in owners]
         assert orphans == []
         stack.operator = None
+
+
+def test_agents_are_found_through_the_pool_without_static_agents(chaos: tuple[Stack, Agent], names: str) -> None:
+    """In a cluster there is no --agent: an HSMSecret's parentRef names its HSMPool, whose agent pods
+    (as the hsm_pool role creates them) give the address."""
+    stack, _agent = chaos
+    pool = f"{names}-pool"[:50]
+    kube.request(stack.api, "POST", f"/apis/{kube.API_VERSION}/namespaces/{stack.namespace}/hsmpools",
+                 body={"apiVersion": kube.API_VERSION, "kind": "HSMPool", "metadata": {"name": pool},
+                       "spec": {"hsmDeviceRefs": ["softhsm"]}})
+    host, port = stack.agent.address.rsplit(":", 1)
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"{pool}-agent", "labels": {"app.kubernetes.io/name": "hsm-agent",
+                                                           "hsm.j5t.io/pool": pool}},
+           "spec": {"containers": [{"name": "agent", "image": "hsmd",
+                                    "ports": [{"name": "grpc", "containerPort": int(port)}]}]}}
+    kube.request(stack.api, "POST", f"/api/v1/namespaces/{stack.namespace}/pods", body=pod)
+    kube.request(stack.api, "PATCH", f"/api/v1/namespaces/{stack.namespace}/pods/{pool}-agent/status",
+                 body={"status": {"phase": "Running", "podIP": host,
+                                  "conditions": [{"type": "Ready", "status": "True"}]}},
+                 content_type=kube.MERGE_PATCH)
+    stack.client().write(stack.path(names), {"via": b"pool"})
+    stack.create(names, parentRef={"kind": "HSMPool", "name": pool})
+    stack.create(f"{names}-nopool", parentRef={"kind": "HSMPool", "name": "no-such-pool"})
+    with start_operator(stack.kubeconfig, [], stack.workdir / "op-pool") as op:
+        stack.operator = op
+        stack.wait_data(names, {"via": b"pool"}, timeout=120)
+        cond = stack.wait_reason(f"{names}-nopool", "Unavailable", timeout=60)
+        assert "agent" in cond["message"]
+        written = op.metric_sum("hsmd_agent_change_events_total", kind="written")
+        stack.client().write(stack.path(names), {"via": b"pool-change-stream"})
+        stack.wait_data(names, {"via": b"pool-change-stream"}, timeout=60)
+        assert op.metric_sum("hsmd_agent_change_events_total", kind="written") > written  # the pool agent's stream
+        stack.operator = None
