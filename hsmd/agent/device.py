@@ -13,6 +13,7 @@ restarted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -70,14 +71,24 @@ class _Call:
 
 
 class _Child:
-    """One worker process and its socket."""
+    """One worker process and its socket.
+
+    Answers are read by whoever holds ``recv_lock``: a caller waiting for its own answer reads the
+    socket itself when nobody else does (one thread wake-up fewer per call than handing the answer
+    over from a reader thread), and the reader thread takes over, when ``need_reader`` is set, for
+    callers that cannot lead (timeouts) or that found the lock taken. Whoever reads dispatches the
+    answers in order, so result hooks still run in device order.
+    """
 
     def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self.process = process
         self.sock = sock
         self.send_lock = threading.Lock()
+        self.recv_lock = threading.Lock()
+        self.need_reader = threading.Event()
         self.pending: dict[int, _Call] = {}
         self.closed = False
+        self.gone = False
 
 
 class DeviceWorker:
@@ -173,6 +184,7 @@ class DeviceWorker:
                 child.closed = True
         if child.closed:
             self._close_child(child, timeout=5.0)
+            child.sock.close()
             raise Unavailable("the agent is shutting down")
         with self._lock:
             self._child = child
@@ -181,6 +193,7 @@ class DeviceWorker:
             self._reason = "token open"
         self._notify()
         threading.Thread(target=self._read_loop, args=(child,), name="device-reader", daemon=True).start()
+        threading.Thread(target=self._watch_process, args=(child,), name="device-watch", daemon=True).start()
         log.info("device worker ready", extra={"worker_pid": process.pid, "token_serial": info.serial})
         return info
 
@@ -201,32 +214,58 @@ class DeviceWorker:
             child.process.wait()
 
     def _read_loop(self, child: _Child) -> None:
-        try:
-            while True:
-                message = framing.recv(child.sock)
-                if message is None:
-                    break
-                kind, call_id = message[0], message[1]
-                with self._lock:
-                    call = child.pending.pop(call_id, None)
-                if call is None:
-                    continue
-                if kind == "ok":
-                    if call.on_result is not None:
-                        # Runs on this thread, in the order the worker answered: that is the order
-                        # the device performed the calls (the change log relies on it).
-                        try:
-                            call.on_result(message[2])
-                        except Exception:
-                            log.exception("result hook failed", extra={"call": call.method})
-                    call.future.set_result(message[2])
-                else:
-                    call.future.set_exception(error_from_code(message[2], message[3], path=message[4]))
-        except (OSError, ValueError, EOFError) as exc:
-            log.warning("lost the device worker's socket", extra={"error": str(exc)})
+        """The reader of last resort: reads while calls are pending and no caller reads for itself."""
+        while not child.gone:
+            child.need_reader.wait()
+            child.need_reader.clear()
+            with child.recv_lock:
+                while not child.gone:
+                    with self._lock:
+                        if not child.pending:
+                            break
+                    self._read_one(child)
+        with child.recv_lock:  # nobody is reading it now, nobody will again
+            child.sock.close()
+
+    def _watch_process(self, child: _Child) -> None:
+        child.process.wait()
         self._child_gone(child)
 
+    def _read_one(self, child: _Child) -> bool:
+        """Read and dispatch one answer (caller holds recv_lock); False when the worker is gone."""
+        try:
+            message = framing.recv(child.sock)
+        except (OSError, ValueError, EOFError) as exc:
+            if not child.gone:
+                log.warning("lost the device worker's socket", extra={"error": str(exc)})
+            message = None
+        if message is None:
+            self._child_gone(child)
+            return False
+        kind, call_id = message[0], message[1]
+        with self._lock:
+            call = child.pending.pop(call_id, None)
+        if call is None:
+            return True
+        if kind == "ok":
+            if call.on_result is not None:
+                # Runs while recv_lock is held, in the order the worker answered: that is the order
+                # the device performed the calls (the change log relies on it).
+                try:
+                    call.on_result(message[2])
+                except Exception:
+                    log.exception("result hook failed", extra={"call": call.method})
+            call.future.set_result(message[2])
+        else:
+            call.future.set_exception(error_from_code(message[2], message[3], path=message[4]))
+        return True
+
     def _child_gone(self, child: _Child) -> None:
+        with self._lock:
+            if child.gone:
+                return
+            child.gone = True
+            child.closed = True
         try:
             code = child.process.wait(5.0)
         except subprocess.TimeoutExpired:
@@ -235,11 +274,12 @@ class DeviceWorker:
         with self._lock:
             pending = list(child.pending.values())
             child.pending.clear()
-            child.closed = True
             current = self._child is child
             if current:
                 self._child = None
-        child.sock.close()
+        with contextlib.suppress(OSError):
+            child.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
+        child.need_reader.set()  # lets the reader thread see `gone` and end
         if self._stopping.is_set() or not current:
             for call in pending:
                 call.future.set_exception(Unavailable("the agent is shutting down"))
@@ -314,18 +354,27 @@ class DeviceWorker:
     # --- calls ---------------------------------------------------------------------------------
 
     def submit(self, method: str, *args: Any, on_result: Callable[[Any], None] | None = None) -> Future[Any]:
-        """Send a call to the worker; ``on_result`` runs before the future resolves, in device order."""
+        """Send a call to the worker; ``on_result`` runs before the future resolves, in device order.
+        The answer is read by the reader thread (or a caller reading for itself)."""
+        future, child = self._send(method, args, on_result)
+        if child is not None:
+            child.need_reader.set()
+        return future
+
+    def _send(
+        self, method: str, args: tuple[Any, ...], on_result: Callable[[Any], None] | None
+    ) -> tuple[Future[Any], _Child | None]:
         future: Future[Any] = Future()
         with self._lock:
             child = self._child
             if child is None or child.closed:
                 future.set_exception(self._not_ready())
-                return future
+                return future, None
             if self.max_queued and len(child.pending) >= self.max_queued and method != "ping":
                 future.set_exception(
                     Busy(f"the device has {len(child.pending)} calls queued (the limit); try again shortly")
                 )
-                return future
+                return future, None
             call_id = next(self._ids)
             call = _Call(method, time.monotonic(), future, on_result)
             child.pending[call_id] = call
@@ -337,17 +386,41 @@ class DeviceWorker:
                 child.pending.pop(call_id, None)
             if not future.done():
                 future.set_exception(Unavailable("the device worker is not reachable"))
-        return future
+            return future, None
+        return future, child
 
     def call(
         self, method: str, *args: Any, timeout: float | None = None, on_result: Callable[[Any], None] | None = None
     ) -> Any:
-        """Run ``method`` in the worker and return its result (or raise its hsmd error)."""
-        future = self.submit(method, *args, on_result=on_result)
+        """Run ``method`` in the worker and return its result (or raise its hsmd error).
+
+        Without a timeout the caller reads the answer itself when nobody else is reading."""
+        if timeout is not None:
+            future = self.submit(method, *args, on_result=on_result)
+        else:
+            future, child = self._send(method, args, on_result)
+            if child is not None:
+                self._lead(child, future)
         try:
             return future.result(timeout)
         except FutureTimeout:
             raise DeadlineExceeded(f"the device did not answer {method} within {timeout} s") from None
+
+    def _lead(self, child: _Child, future: Future[Any]) -> None:
+        if not child.recv_lock.acquire(blocking=False):
+            # Someone else reads; if they leave before our answer comes, the reader thread takes over.
+            child.need_reader.set()
+            return
+        try:
+            while not future.done():
+                if not self._read_one(child):
+                    break
+        finally:
+            child.recv_lock.release()
+        with self._lock:
+            more = bool(child.pending)
+        if more:
+            child.need_reader.set()
 
     def _not_ready(self) -> HsmdError:
         if self._state == FAILED:
