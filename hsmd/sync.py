@@ -63,9 +63,10 @@ COMPONENT = "hsmd"
 
 
 class SecretReader(Protocol):
-    """What sync needs from the HSM side: AgentClient, or an AgentSet of several agents."""
+    """What sync needs from the HSM side: ``read_many`` of an AgentClient or Token (answers
+    ``Secret | HsmdError`` per path) or of an ``hsmd.fanout.AgentSet`` (answers ``ReadOutcome``)."""
 
-    def read_many(self, paths: Sequence[str]) -> Mapping[str, model.Secret | HsmdError]: ...
+    def read_many(self, paths: Sequence[str]) -> Mapping[str, Any]: ...
 
 
 @dataclass
@@ -282,7 +283,7 @@ def _read_sources(agent: SecretReader | None, items: list[_Item], chunk: int) ->
     paths = sorted(by_path)
     for start in range(0, len(paths), max(1, chunk)):
         part = paths[start : start + max(1, chunk)]
-        found: Mapping[str, model.Secret | HsmdError]
+        found: Mapping[str, Any]
         if agent is None:
             err: HsmdError = Unavailable("no HSM agent is configured")
             found = {p: err for p in part}
@@ -294,9 +295,29 @@ def _read_sources(agent: SecretReader | None, items: list[_Item], chunk: int) ->
             except Exception as exc:  # a client bug must not abort the other objects
                 found = {p: Internal(f"reading from the agent failed: {type(exc).__name__}") for p in part}
         for path in part:
-            result = found.get(path) or NotFound(f"HSM path {path!r} is missing from the agent's answer", path=path)
+            result = _as_source(path, found.get(path))
             for item in by_path[path]:
                 item.source = result
+
+
+def _as_source(path: str, answer: Any) -> model.Secret | HsmdError:
+    """One path's answer as a Secret or an error. An AgentSet's resolved "absent" counts as
+    NotFound only when every agent answered: absence seen by some agents while others were
+    unreachable is Unavailable, so a partial outage never deletes a Secret (deletionPolicy Delete)."""
+    if isinstance(answer, model.Secret | HsmdError):
+        return answer
+    if answer is None:
+        return NotFound(f"HSM path {path!r} is missing from the agent's answer", path=path)
+    secret = getattr(answer, "secret", None)  # hsmd.fanout.ReadOutcome
+    if isinstance(secret, model.Secret):
+        return secret
+    failed = [a for a in getattr(answer, "agents", ()) if not getattr(a, "ok", True)]
+    if failed:
+        return Unavailable(
+            f"HSM path {path!r} is absent on the agents that answered; {len(failed)} agent(s) did not answer",
+            path=path,
+        )
+    return NotFound(f"HSM path {path!r} holds no secret", path=path)
 
 
 def _find_existing(secrets: _Secrets, items: list[_Item], workers: int) -> None:

@@ -260,3 +260,28 @@ def test_many_objects_in_one_batch(api: Any, agent: AgentClient, ns: str, tmp_pa
     agent.write(f"{ns}/s7", {"k": b"changed"})
     second = sync.sync_batch(objs, agent=agent, api_client=api)
     assert [o.name for o in second if o.secret_changed] == ["s7"]
+
+
+def test_agent_set_partial_outage_never_deletes(api: Any, module_agent: RunningAgent, ns: str, tmp_path: Path) -> None:
+    """Two agents mirroring a pool (hsmd.fanout.AgentSet): synced from both; when one is down and the
+    other no longer has the secret, that is Unavailable - not SourceMissing, so Delete does not fire."""
+    from hsmd.fanout import AgentSet
+
+    token = make_agent_token(tmp_path / "token2")
+    with start_agent(token.token, pin_file=token.pin_file, workdir=tmp_path / "agent2",
+                     device_profile="softhsm") as second:
+        first_client, second_client = module_agent.client(), second.client()
+        for client in (first_client, second_client):
+            client.write(f"{ns}/mirrored", {"k": b"same-on-both"})
+        pool = AgentSet.from_addresses([module_agent.address, second.address], timeout=2.0)
+        try:
+            obj = create_hsmsecret(api, ns, "mirrored", deletionPolicy="Delete")
+            (synced,) = run(api, pool, [obj])
+            assert synced.reason == "Synced" and decoded(get_secret(api, ns, "mirrored")) == {"k": b"same-on-both"}
+            second.terminate()
+            first_client.delete(f"{ns}/mirrored")
+            (outage,) = run(api, pool, [get_hsmsecret(api, ns, "mirrored")])
+            assert (outage.reason, outage.action) == ("Unavailable", "unchanged")
+            assert decoded(get_secret(api, ns, "mirrored")) == {"k": b"same-on-both"}
+        finally:
+            pool.close()

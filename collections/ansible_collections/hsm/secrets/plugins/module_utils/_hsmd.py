@@ -108,7 +108,9 @@ def backend_from_params(module):
     require_hsmd(module)
     p = module.params
     try:
-        if p.get("agent"):
+        # ``agents`` (several agents mirroring one pool) exists only in modules that declare it
+        addresses = ([p["agent"]] if p.get("agent") else []) + list(p.get("agents") or [])
+        if addresses:
             client = import_hsmd("agent.client")
             tls = None
             if p.get("agent_ca_file") or p.get("agent_cert_file") or p.get("agent_key_file"):
@@ -120,7 +122,10 @@ def backend_from_params(module):
                     key_file=p.get("agent_key_file"),
                     server_name=p.get("agent_server_name"),
                 )
-            return _Closing(client.AgentClient(p["agent"], tls=tls, timeout=p.get("agent_timeout") or 10.0))
+            timeout = p.get("agent_timeout") or 10.0
+            if p.get("agents"):
+                return _Closing(import_hsmd("fanout").AgentSet.from_addresses(addresses, tls=tls, timeout=timeout))
+            return _Closing(client.AgentClient(addresses[0], tls=tls, timeout=timeout))
         if not (p.get("token_label") or p.get("token_serial") or p.get("slot") is not None):
             raise hsmd_errors.InvalidArgument("pkcs11_library needs token_label, token_serial or slot")
         if not (p.get("pin_file") or p.get("pin_env")):

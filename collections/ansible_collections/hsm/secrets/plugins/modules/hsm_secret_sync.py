@@ -37,6 +37,14 @@ options:
     elements: dict
     required: true
     aliases: [hsm_batch]
+  agents:
+    description:
+      - Several agents that mirror one pool (each device of an HSMPool has its own). Every path is read from
+        all of them and the answers are resolved (majority with three or more, else the newest version).
+        May be combined with O(agent). A secret reported absent while some agent did not answer counts as
+        C(Unavailable), never as C(SourceMissing).
+    type: list
+    elements: str
   state:
     description:
       - V(present) syncs; V(absent) removes the Secrets the objects control (finalizer).
@@ -76,7 +84,7 @@ options:
     type: int
     default: 8
 notes:
-  - O(agent) or O(pkcs11_library) is needed for O(state=present).
+  - O(agent), O(agents) or O(pkcs11_library) is needed for O(state=present).
 attributes:
   check_mode:
     support: full
@@ -194,6 +202,7 @@ def main():
     spec.update(kube_argument_spec())
     spec.update(
         hsmsecrets=dict(type="list", elements="dict", required=True, aliases=["hsm_batch"]),
+        agents=dict(type="list", elements="str"),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         policy_file=dict(type="path"),
         policy=dict(type="dict"),
@@ -204,8 +213,8 @@ def main():
     )
     module = AnsibleModule(
         argument_spec=spec,
-        mutually_exclusive=[("agent", "pkcs11_library"), ("policy_file", "policy")],
-        required_if=[("state", "present", ("agent", "pkcs11_library"), True)],
+        mutually_exclusive=[("agent", "pkcs11_library"), ("agents", "pkcs11_library"), ("policy_file", "policy")],
+        required_if=[("state", "present", ("agent", "agents", "pkcs11_library"), True)],
         supports_check_mode=True,
     )
     require_hsmd(module)
