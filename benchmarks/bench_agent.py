@@ -2,7 +2,8 @@
 SoftHSM2 token in one run, plus health latency while a slow device call runs.
 
 The in-process side opens the token in this process (hsmd.pkcs11.token.Token) and measures
-sequential ReadSecret / WriteSecret / ListSecrets / batch reads, then closes it; the agent side starts
+sequential ReadSecret / WriteSecret / ListSecrets / batch reads (and, for reference, ReadSecret
+from 8 threads at once), then closes it; the agent side starts
 a real ``hsmd agent`` on the same token (its device worker is then the only process using the token,
 as this process was before) and measures the same operations through AgentClient. The sides
 alternate for ``--rounds`` rounds so drifting machine load hits both alike. Writes replace the same
@@ -40,6 +41,25 @@ def rate(n: int, fn: Callable[[int], object]) -> float:
     for i in range(n):
         fn(i)
     return n / (time.perf_counter() - started)
+
+
+def concurrent_rate(n: int, threads: int, fn: Callable[[int], object]) -> float:
+    """Operations per second with ``threads`` callers doing ``n`` operations in all."""
+    per = max(1, n // threads)
+    for i in range(min(10, n)):
+        fn(i)
+
+    def loop(base: int) -> None:
+        for i in range(per):
+            fn(base + i)
+
+    workers = [threading.Thread(target=loop, args=(t * per,)) for t in range(threads)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return per * threads / (time.perf_counter() - started)
 
 
 def p99(samples: list[float]) -> float:
@@ -86,8 +106,9 @@ def main() -> int:
 
     batch_paths = reads[: args.batch]
     batches = max(3, args.reads // args.batch // args.rounds)
-    ops = ("ReadSecret", "WriteSecret", "ListSecrets", "ReadSecrets")
-    counts = {"ReadSecret": args.reads // args.rounds, "WriteSecret": args.writes // args.rounds,
+    ops = ("ReadSecret", "WriteSecret", "ListSecrets", "ReadSecrets", "ReadSecret x8")
+    counts = {"ReadSecret": args.reads // args.rounds, "ReadSecret x8": args.reads // args.rounds,
+              "WriteSecret": args.writes // args.rounds,
               "ListSecrets": args.lists // args.rounds, "ReadSecrets": batches}
     # (operations, seconds) per side; the sides alternate so drift in machine load hits both alike
     totals = {side: {op: [0, 0.0] for op in ops} for side in ("in-process", "agent")}
@@ -104,6 +125,7 @@ def main() -> int:
         measure(name, "WriteSecret", lambda i: write(writes[i % len(writes)], {"v": b"%s-%d-%d" % (name[:2].encode(), rnd, i)}))
         measure(name, "ListSecrets", lambda i: list_("bench/r"))
         measure(name, "ReadSecrets", lambda i: read_many(batch_paths))
+        measure(name, "ReadSecret x8", lambda i: read(reads[i % len(reads)]))
 
     idle: dict[str, list[float]] = {}
     for rnd in range(args.rounds):
@@ -138,7 +160,8 @@ def main() -> int:
     print(f"{'operation':<28}{'in-process/s':>14}{'via agent/s':>14}{'ratio':>8}")
     for op in ops:
         inproc, viagrpc = per_second("in-process", op), per_second("agent", op)
-        label = f"ReadSecrets x{len(batch_paths)} (secrets/s)" if op == "ReadSecrets" else op
+        label = {"ReadSecrets": f"ReadSecrets x{len(batch_paths)} (secrets/s)",
+                 "ReadSecret x8": "ReadSecret, 8 threads"}.get(op, op)
         goal = "  (goal >= 0.8)" if op == "ReadSecret" else ""
         print(f"{label:<28}{inproc:>14.1f}{viagrpc:>14.1f}{viagrpc / inproc:>8.2f}{goal}")
     print(f"batch vs single ReadSecret through the agent: "
