@@ -15,11 +15,14 @@ Cancellation: a shared Event; ansible-runner polls it and kills the run's proces
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
+import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -32,6 +35,7 @@ from typing import Any
 import ansible_runner
 
 import hsmd
+from hsmd.operator.launcher import PARENT_ENV, PIDFILE_ENV
 from hsmd.operator.params import batch_extravars, dump_extravars, object_extravars
 from hsmd.operator.watches import Watch
 
@@ -85,6 +89,14 @@ class RunResult:
         return f"ansible run {self.status} (rc {self.rc})"
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 class AnsibleRunner:
     """Prepares private data dirs and runs them; thread-safe, one instance per operator."""
 
@@ -130,6 +142,7 @@ class AnsibleRunner:
             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
             "ANSIBLE_PYTHON_INTERPRETER": self.python,
             "PYTHONDONTWRITEBYTECODE": "1",
+            PARENT_ENV: str(os.getpid()),
             # the venv's ansible-playbook and modules first, whether or not the venv is activated
             "PATH": os.pathsep.join([str(Path(self.python).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
             # modules import the same hsmd as this process, installed or run from a checkout
@@ -152,6 +165,10 @@ class AnsibleRunner:
             env["KUBECONFIG"] = self.kubeconfig
         env.update(self.extra_env)
         return env
+
+    def _ansible_playbook(self) -> str:
+        local = Path(self.python).parent / "ansible-playbook"
+        return str(local) if local.exists() else (shutil.which("ansible-playbook") or "ansible-playbook")
 
     @staticmethod
     def _playbook_for_role(role: str, tasks_from: str | None) -> str:
@@ -301,22 +318,43 @@ class AnsibleRunner:
             self._active.add(ident)
         started = time.monotonic()
         status, rc = "error", -1
+        pidfile = private / "launcher.pid"
+        env = self._env()
+        env[PIDFILE_ENV] = str(pidfile)
+
+        def should_stop() -> bool:
+            """Cancel (shutdown) or timeout: the launcher kills every process of the run; ansible-
+            runner's own process-group kill would miss ansible's workers (own sessions)."""
+            timed_out = self.timeout is not None and time.monotonic() - started > self.timeout
+            if not (self.cancel.is_set() or timed_out):
+                return False
+            with contextlib.suppress(OSError, ValueError):
+                launcher = int(pidfile.read_text())
+                os.kill(launcher, signal.SIGTERM)
+                # let it finish its work before ansible-runner's SIGKILL of the group can cut it short
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and _running(launcher):
+                    time.sleep(0.02)
+            return True
+
         try:
             runner = ansible_runner.run(
                 private_data_dir=str(private),
                 artifact_dir=str(artifact_root),
                 ident=ident,
                 playbook=playbook,
+                # ansible-playbook under hsmd.operator.launcher: the run dies with the operator
+                binary=self.python,
+                cmdline=shlex.join(["-m", "hsmd.operator.launcher", self._ansible_playbook(), playbook]),
                 inventory=str(private / "inventory" / "hosts"),
-                envvars=self._env(),
+                envvars=env,
                 verbosity=watch.ansible_verbosity or None,
                 quiet=True,
                 suppress_output_file=True,
                 suppress_env_files=True,
                 rotate_artifacts=0,  # rotated below, never touching runs still in flight
                 event_handler=handle,
-                cancel_callback=self.cancel.is_set,
-                timeout=int(self.timeout) if self.timeout else None,
+                cancel_callback=should_stop,
             )
             status, rc = str(runner.status), int(runner.rc if runner.rc is not None else -1)
         except Exception as exc:  # a broken runner setup must fail the batch, not the worker

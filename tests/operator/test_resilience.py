@@ -153,14 +153,20 @@ def test_operator_killed_mid_batch_converges_with_nothing_orphaned(chaos: tuple[
     with start_operator(stack.kubeconfig, [stack.agent.address], workdir) as first:
         for i in range(count):
             stack.create(f"{names}-{i}")
-        # kill it while the batch's module is writing: as soon as the first Secret appears
-        wait_until(lambda: managed_secrets(stack), 120, "the batch to start writing Secrets", interval=0.02)
+        # kill it while the batch's module is writing: as soon as one of its Secrets appears
+        def batch_writing() -> bool:
+            return any(s["metadata"]["name"].startswith(f"{names}-") for s in managed_secrets(stack))
+
+        wait_until(batch_writing, 120, "the batch to start writing Secrets", interval=0.02)
         first.stop(signal.SIGKILL)
         killed_runner_dir = first.runner_dir
-    ready_at_kill = [i for i in range(count) if stack.ready(f"{names}-{i}").get("reason") == "Synced"]
-    assert len(ready_at_kill) < count, "the batch had finished before the kill; nothing was interrupted"
-    wait_until(lambda: not ansible_processes_of(killed_runner_dir), 30,
+    # the run dies with its operator: nothing of it keeps running or writing
+    wait_until(lambda: not ansible_processes_of(killed_runner_dir), 10,
                "the killed operator's ansible processes to go away")
+    ready_at_kill = [i for i in range(count) if stack.ready(f"{names}-{i}").get("reason") == "Synced"]
+    time.sleep(2)
+    assert [i for i in range(count) if stack.ready(f"{names}-{i}").get("reason") == "Synced"] == ready_at_kill
+    assert len(ready_at_kill) < count, "the batch had finished before the kill; nothing was interrupted"
     # while it is down: two objects are deleted (their finalizer must still run)
     stack.delete(f"{names}-0")
     stack.delete(f"{names}-1")

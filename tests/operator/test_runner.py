@@ -123,10 +123,24 @@ def test_finalizer_run_uses_tasks_from_and_vars(role: Path, tmp_path: Path) -> N
 
 def test_cancel_kills_the_run(role: Path, tmp_path: Path) -> None:
     cancel = threading.Event()
-    runner = AnsibleRunner(tmp_path / "runner", cancel=cancel)
+    # module files under tmp_path too, so every process of the run names tmp_path in its command line
+    temp = {"ANSIBLE_REMOTE_TEMP": str(tmp_path / "remote-tmp"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "local-tmp")}
+    runner = AnsibleRunner(tmp_path / "runner", cancel=cancel, extra_env=temp)
     watch = make_watch(role, finalizer=Finalizer(name="x/f", vars={"a": 1}, tasks_from="slow"))
     threading.Timer(3.0, cancel.set).start()
     start = time.monotonic()
     result = runner.run(watch, objects(1), finalizer_run=True)
     assert result.status == "canceled"
     assert time.monotonic() - start < 20
+    # ansible's workers run in sessions of their own; none of the run's processes may survive it
+    time.sleep(0.5)
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(tmp_path).encode() in cmdline:
+                leftovers.append((proc.name, cmdline[:200]))
+    assert leftovers == []
