@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,6 +170,7 @@ def main() -> int:
     finally:
         for proc in reversed(procs):
             stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
