@@ -129,9 +129,7 @@ class KindController:
         self.operator = operator
         self.watch = watch
         self.kind = watch.kind
-        self.resource = kube.Resource(
-            watch.api_version, watch.kind, _plural_for(operator.api, watch), namespaced=True, has_status=True
-        )
+        self.resource = _resource_for(operator.api, watch)
         self.queue = WorkQueue(
             f"{watch.kind}",
             backoff=Backoff(operator.settings.backoff_base, operator.settings.backoff_cap),
@@ -789,6 +787,9 @@ class HSMSecretController(KindController):
             obj = self.informer.get(*key)
             if obj is None:
                 continue
+            spec = obj.get("spec") or {}
+            if isinstance(spec, Mapping) and spec.get("autoSync") is False:
+                continue  # autoSync: false - HSM changes are not followed
             recorded = (obj.get("status") or {}).get("hsmChecksum")
             now = change.checksum if change.kind == "written" else None
             if now != recorded or render.ready_condition(obj.get("status")) is None:
@@ -1046,12 +1047,16 @@ class Operator:
         }
 
 
-def _plural_for(api: Any, watch: Watch) -> str:
-    """The REST plural of a watched kind (discovery; lower-case 's' plural if discovery fails)."""
+def _resource_for(api: Any, watch: Watch) -> kube.Resource:
+    """Where a watched kind lives (discovery: plural, scope). If the API does not serve it yet (CRD
+    not installed), assume a namespaced kind with the usual plural; the informer retries."""
     try:
-        return kube.resolve_resource(api, watch.api_version, watch.kind).plural
-    except HsmdError:
-        return kube.PLURALS.get(watch.kind) or watch.kind.lower() + "s"
+        return kube.resolve_resource(api, watch.api_version, watch.kind)
+    except HsmdError as err:
+        log.warning("kind not served (yet); watching it by its usual plural",
+                    extra={"kind": watch.kind, "apiVersion": watch.api_version, "error": str(err)})
+        plural = kube.PLURALS.get(watch.kind) or watch.kind.lower() + "s"
+        return kube.Resource(watch.api_version, watch.kind, plural, namespaced=True, has_status=True)
 
 
 def deep_copy(obj: Mapping[str, Any]) -> Obj:

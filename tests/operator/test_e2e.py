@@ -175,3 +175,15 @@ def test_no_secret_value_in_runner_artifacts_or_logs(stack: Stack) -> None:
         for needle in needles:
             assert needle not in content, f"{needle!r} found in {path}"
             assert base64.b64encode(needle) not in content, f"base64 of {needle!r} found in {path}"
+
+
+def test_auto_sync_off_does_not_follow_hsm_changes(stack: Stack, names: str) -> None:
+    client = stack.client()
+    client.write(stack.path(names), {"v": b"first"})
+    stack.create(names, autoSync=False, syncInterval=10)
+    stack.wait_data(names, {"v": b"first"}, timeout=90)
+    stack.wait_reason(names, "Synced")
+    client.write(stack.path(names), {"v": b"second"})
+    time.sleep(4)  # change stream and resync ticks come and go
+    assert stack.secret_data(names) == {"v": b"first"}
+    assert stack.ready(names)["reason"] == "Synced"
