@@ -149,6 +149,8 @@ def resolve_versions(answers: Sequence[Version]) -> Resolution:
     two agents lacks is more likely not yet repaired than deleted (deletes need a quorum too)."""
     if not answers:
         raise Unavailable("no agent answered")
+    if len(answers) == 1:  # one agent (the common single-device pool): nothing to resolve
+        return Resolution(answers[0], "unanimous", False)
     groups: dict[str | None, list[Version]] = collections.defaultdict(list)
     for version in answers:
         groups[version.checksum].append(version)

@@ -1,21 +1,24 @@
 """The Flask application factory of the broker: ``create_app(ProxyConfig) -> Flask``.
 
-Request flow, the same for every endpoint: a request id (``X-Request-Id``, taken from the client
-when well-formed), authentication of the bearer token (all paths but the exact health paths),
-the view (an adapter: validation in hsmd.proxy.codec and hsmd.model, policy through
+Request flow, the same for every endpoint: a request record with its id (``X-Request-Id``, taken
+from the client when well-formed), authentication of the bearer token (all paths but the exact
+health paths), the view (an adapter: validation in hsmd.proxy.codec and hsmd.model, policy through
 ``authorize``/``filter_allowed``, fan-out through hsmd.fanout.AgentSet), errors mapped in
 hsmd.proxy.errors, and one audit line in ``after_request``.
+
+The steps live on ``ProxyState`` (``new_record``, ``authenticate``, ``authorize``, ``audit``) and
+take the request record explicitly, so the one other adapter, hsmd.proxy.fastpath (plain GETs of
+one secret, the hot path, without Flask's request machinery), runs exactly the same code.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
+import os
 import re
 import threading
 import time
-import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,7 @@ from flask import Flask, Response, current_app, g, request
 from hsmd.errors import Forbidden, HsmdError
 from hsmd.fanout import AgentOutcome, AgentSet, required_acks
 from hsmd.proxy import errors as http_errors
-from hsmd.proxy.audit import AuditLog
+from hsmd.proxy.audit import AuditLog, RequestRecord
 from hsmd.proxy.auth import Authenticator, Identity, bearer_token
 from hsmd.proxy.policy_source import PolicySource
 
@@ -48,6 +51,9 @@ class ProxyConfig:
     # PINs travel only over TLS, or to a broker that listens on loopback only.
     pin_transport_ok: bool = False
     health_cache_seconds: float = 1.0
+    # Serve plain GETs of one secret through hsmd.proxy.fastpath (same code, without Flask's
+    # request machinery). Off only to compare both adapters in tests.
+    fast_reads: bool = True
 
 
 @dataclass
@@ -92,104 +98,101 @@ class ProxyState:
             self._health = snap
             return snap
 
+    # -- the steps of every request (Flask hooks and hsmd.proxy.fastpath both call these) --------
+
+    def new_record(self, environ: Mapping[str, Any], method: str) -> RequestRecord:
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
+        return RequestRecord(request_id, time.perf_counter(), method, environ.get("REMOTE_ADDR") or None)
+
+    def authenticate(self, rec: RequestRecord, path: str, authorization: str | None) -> None:
+        """Note the caller's identity in ``rec``; Unauthenticated unless ``path`` is a health path."""
+        if path in PUBLIC_PATHS:
+            rec.decision = "public"
+            return
+        try:
+            rec.identity = self.config.authenticator.authenticate(bearer_token(authorization))
+        except HsmdError:
+            rec.decision = "unauthenticated"
+            raise
+
+    def authorize(self, rec: RequestRecord, verb: str, path: str) -> None:
+        """Raise Forbidden unless the policy grants ``verb`` on ``path`` to the caller."""
+        ident = rec.identity
+        assert ident is not None, "authenticated endpoint without an identity"
+        rec.verb = verb
+        rec.target = path
+        if self.config.policy.current().allows(ident.namespace, verb, path, ident.service_account):
+            rec.decision = "allow"
+            return
+        rec.decision = "deny"
+        raise Forbidden(
+            f"ServiceAccount {ident.namespace}/{ident.service_account} may not {verb} {path!r}", path=path
+        )
+
+    def audit(self, rec: RequestRecord, path: str, endpoint: str | None, status: int) -> None:
+        if not self.config.audit.enabled or path == "/healthz" or path == "/readyz":
+            return  # probes every few seconds would drown the log; they carry no caller
+        self.config.audit.write(rec.audit_entry(endpoint, status))
+
 
 def state() -> ProxyState:
     st: ProxyState = current_app.extensions["hsmd.proxy"]
     return st
 
 
+def current_record() -> RequestRecord:
+    """This request's record (created first thing in ``_before``)."""
+    rec: RequestRecord = g.hsmd_record
+    return rec
+
+
 def identity() -> Identity:
-    ident: Identity | None = g.get("identity")
+    ident = current_record().identity
     assert ident is not None, "authenticated endpoint without an identity"
     return ident
 
 
 def authorize(verb: str, path: str) -> None:
     """Raise Forbidden unless the policy grants ``verb`` on ``path`` to the caller."""
-    ident = identity()
-    g.verb = verb
-    g.target = path
-    if state().config.policy.current().allows(ident.namespace, verb, path, ident.service_account):
-        g.decision = "allow"
-        return
-    g.decision = "deny"
-    raise Forbidden(f"ServiceAccount {ident.namespace}/{ident.service_account} may not {verb} {path!r}", path=path)
+    state().authorize(current_record(), verb, path)
 
 
 def filter_allowed(verb: str, paths: Iterable[str]) -> list[str]:
     """The paths the caller may ``verb``; the audit line records how many were hidden."""
+    rec = current_record()
     ident = identity()
     paths = list(paths)
     allowed = state().config.policy.current().filter_paths(ident.namespace, verb, paths, ident.service_account)
-    g.verb = verb
-    g.decision = "allow" if len(allowed) == len(paths) else "filtered"
-    g.hidden = len(paths) - len(allowed)
+    rec.verb = verb
+    rec.decision = "allow" if len(allowed) == len(paths) else "filtered"
+    rec.hidden = len(paths) - len(allowed)
     return allowed
 
 
 def record(outcomes: Iterable[AgentOutcome]) -> None:
     """Per-agent results for the audit line (and for an error body)."""
-    g.agent_outcomes = tuple(outcomes)
-
-
-def _request_id() -> str:
-    given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    current_record().agent_outcomes = tuple(outcomes)
 
 
 def _before() -> None:
-    g.request_id = _request_id()
-    g.started = time.perf_counter()
-    g.identity = None
-    g.decision = None
-    if request.path in PUBLIC_PATHS:
-        g.decision = "public"
-        return
-    try:
-        token = bearer_token(request.headers.get("Authorization"))
-        g.identity = state().config.authenticator.authenticate(token)
-    except HsmdError:
-        g.decision = "unauthenticated"
-        raise
+    environ = request.environ
+    st = state()
+    rec = g.hsmd_record = st.new_record(environ, request.method)
+    st.authenticate(rec, request.path, environ.get("HTTP_AUTHORIZATION"))
 
 
 def _after(response: Response) -> Response:
-    response.headers["X-Request-Id"] = g.get("request_id", "")
-    response.headers.setdefault("Cache-Control", "no-store")
-    _audit(response.status_code)
+    rec: RequestRecord | None = g.get("hsmd_record")
+    headers = response.headers
+    headers["X-Request-Id"] = rec.request_id if rec is not None else ""
+    if "Cache-Control" not in headers:
+        headers["Cache-Control"] = "no-store"
+    st: ProxyState | None = current_app.extensions.get("hsmd.proxy")
+    if rec is not None and st is not None:
+        rule = request.url_rule
+        st.audit(rec, request.path, rule.rule if rule is not None else None, response.status_code)
     return response
-
-
-def _audit(status: int) -> None:
-    st = current_app.extensions.get("hsmd.proxy")
-    if st is None or request.path in ("/healthz", "/readyz"):
-        return  # probes every few seconds would drown the log; they carry no caller
-    ident: Identity | None = g.get("identity")
-    started = g.get("started")
-    entry: dict[str, Any] = {
-        "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "requestId": g.get("request_id"),
-        "remote": request.remote_addr,
-        "caller": ident.to_json() if ident else None,
-        "method": request.method,
-        "endpoint": request.url_rule.rule if request.url_rule else None,
-        "verb": g.get("verb"),
-        "path": g.get("target"),
-        "decision": g.get("decision") or ("allow" if ident else None),
-        "status": status,
-    }
-    if g.get("hidden"):
-        entry["hidden"] = g.hidden
-    if g.get("error_code"):
-        entry["error"] = g.error_code
-    outcomes = g.get("agent_outcomes")
-    if outcomes:
-        entry["agents"] = [{"agent": o.agent, "result": o.result} for o in outcomes]
-    if g.get("items"):
-        entry["items"] = g.items
-    if started is not None:
-        entry["durationMs"] = round((time.perf_counter() - started) * 1000, 3)
-    st.config.audit.write(entry)
 
 
 def create_app(config: ProxyConfig) -> Flask:
@@ -205,4 +208,8 @@ def create_app(config: ProxyConfig) -> Flask:
     http_errors.register(app)
     for blueprint in (health.bp, secrets.bp, bulk.bp, devices.bp, docs.bp):
         app.register_blueprint(blueprint)
+    if config.fast_reads:
+        from hsmd.proxy.fastpath import FastReads
+
+        app.wsgi_app = FastReads(app.wsgi_app, app.extensions["hsmd.proxy"])  # type: ignore[method-assign]
     return app

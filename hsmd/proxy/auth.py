@@ -58,7 +58,7 @@ def bearer_token(header: str | None) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("the Authorization header must be 'Bearer <ServiceAccount token>'")
-    if len(token) > 16384 or any(c.isspace() for c in token):
+    if len(token) > 16384 or len(token.split()) != 1:  # split(): whitespace exactly as str.isspace
         raise Unauthenticated("malformed bearer token")
     return token
 
@@ -111,23 +111,23 @@ class TokenReviewAuthenticator:
         self.timeout = timeout
         self._clock = clock
         self._api = k8s.AuthenticationV1Api(api_client)
-        self._cache: collections.OrderedDict[str, tuple[float, Identity | HsmdError]] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[bytes, tuple[float, Identity | HsmdError]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.reviews = 0  # TokenReviews sent (observability and tests)
 
     def authenticate(self, token: str) -> Identity:
         now = self._clock()
+        key = hashlib.sha256(token.encode()).digest()
+        # A cached entry never outlives the token's exp (see below), so a hit needs no JWT parsing.
+        hit = self._cache.get(key)  # a dict read is atomic; the lock guards the updates below
+        if hit is not None and hit[0] > now:
+            result = hit[1]
+            if isinstance(result, HsmdError):
+                raise type(result)(result.message)
+            return result
         exp = jwt_expiry(token)
         if exp is not None and exp <= now:
             raise Unauthenticated("the token has expired")
-        key = hashlib.sha256(token.encode()).hexdigest()
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] > now:
-                result = hit[1]
-                if isinstance(result, HsmdError):
-                    raise type(result)(result.message)
-                return result
         try:
             identity: Identity | HsmdError = self._review(token)
         except Unauthenticated as exc:

@@ -3,7 +3,7 @@
 Domain errors (hsmd.errors) keep their stable ``code``; werkzeug's HTTP errors (unknown route,
 method, body too large, content type) get codes of their own. Every error body is
 ``{"error": {"code", "message", "requestId"}}`` plus, for fan-out failures, the per-agent results
-the view recorded in ``g.agent_outcomes``. Temporary errors carry ``Retry-After``.
+the view recorded in the request's ``RequestRecord``. Temporary errors carry ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from hsmd.errors import HsmdError
+from hsmd.proxy.audit import RequestRecord
 
 log = logging.getLogger("hsmd.proxy")
 
@@ -49,27 +50,61 @@ CODE_BY_HTTP_STATUS: dict[int, str] = {
 RETRY_AFTER_SECONDS = 2
 
 
-def error_body(code: str, message: str) -> dict[str, object]:
+def _record() -> RequestRecord | None:
+    rec: RequestRecord | None = g.get("hsmd_record")
+    return rec
+
+
+def _note_error(rec: RequestRecord | None, code: str) -> None:
+    if rec is not None:
+        rec.error_code = code
+
+
+def error_body(code: str, message: str, rec: RequestRecord | None = None) -> dict[str, object]:
+    """The JSON error document; ``rec`` defaults to the current Flask request's record."""
+    rec = rec if rec is not None else _record()
     error: dict[str, object] = {"code": code, "message": message}
-    request_id = g.get("request_id")
-    if request_id:
-        error["requestId"] = request_id
+    if rec is not None and rec.request_id:
+        error["requestId"] = rec.request_id
     body: dict[str, object] = {"error": error}
-    outcomes = g.get("agent_outcomes")
-    if outcomes:
-        body["agents"] = [o.to_json() for o in outcomes]
+    if rec is not None and rec.agent_outcomes:
+        body["agents"] = [o.to_json() for o in rec.agent_outcomes]
     return body
 
 
-def hsmd_error_response(err: HsmdError) -> Response:
+def hsmd_error_parts(err: HsmdError, rec: RequestRecord | None) -> tuple[int, dict[str, object], list[tuple[str, str]]]:
+    """(status, body, extra headers) of a domain error; noted in the request record."""
     status = STATUS_BY_CODE.get(err.code, 500)
-    g.error_code = err.code
-    response = jsonify(error_body(err.code, err.message))
-    response.status_code = status
+    _note_error(rec, err.code)
+    headers = []
     if err.temporary:
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        headers.append(("Retry-After", str(RETRY_AFTER_SECONDS)))
     if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="hsmd"'
+        headers.append(("WWW-Authenticate", 'Bearer realm="hsmd"'))
+    return status, error_body(err.code, err.message, rec), headers
+
+
+def unexpected_error_parts(err: Exception, rec: RequestRecord | None) -> tuple[int, dict[str, object]]:
+    """(status, body) of a bug: logged with its type and frames, never its message (it may hold
+    request data)."""
+    log.error(
+        "unhandled error",
+        extra={
+            "request_id": rec.request_id if rec is not None else None,
+            "error_type": type(err).__name__,
+            "traceback": "".join(traceback.format_tb(err.__traceback__)),
+        },
+    )
+    _note_error(rec, "internal")
+    return 500, error_body("internal", "internal error; see the proxy log for this request id", rec)
+
+
+def hsmd_error_response(err: HsmdError) -> Response:
+    status, body, headers = hsmd_error_parts(err, _record())
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in headers:
+        response.headers[name] = value
     return response
 
 
@@ -81,7 +116,7 @@ def http_error_response(err: HTTPException) -> Response:
         405: "method not allowed on this endpoint",
         413: "request body too large",
     }.get(status, err.description or err.name)
-    g.error_code = code
+    _note_error(_record(), code)
     response = jsonify(error_body(code, message))
     response.status_code = status
     if status == 405 and err.get_headers():
@@ -96,18 +131,9 @@ def unexpected_error_response(err: Exception) -> Response:
         return http_error_response(err)
     if isinstance(err, HsmdError):
         return hsmd_error_response(err)
-    # Exception text may include request data: log the type and the frames, never the message.
-    log.error(
-        "unhandled error",
-        extra={
-            "request_id": g.get("request_id"),
-            "error_type": type(err).__name__,
-            "traceback": "".join(traceback.format_tb(err.__traceback__)),
-        },
-    )
-    g.error_code = "internal"
-    response = jsonify(error_body("internal", "internal error; see the proxy log for this request id"))
-    response.status_code = 500
+    status, body = unexpected_error_parts(err, _record())
+    response = jsonify(body)
+    response.status_code = status
     return response
 
 

@@ -3,6 +3,12 @@
 Each accepted connection gets its own thread: the TLS handshake happens there (bounded by a
 timeout, so a silent client cannot stall the accept loop), then bytes are pumped between the TLS
 connection and waitress's private Unix socket. Connections are capped; excess ones are closed.
+
+The client's address survives the hop without touching the byte stream: the front's end of each
+Unix connection is auto-bound by the kernel to a unique abstract name, and ``peer_address`` maps
+that name back to the TLS client's (host, port) for as long as the connection lives. The server
+asks it for every connection it accepts on its private socket (hsmd.proxy.server), so the address
+is never taken from anything a client sends.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ class TlsFront:
         self.host, self.port = self._sock.getsockname()[:2]
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name="tls-accept", daemon=True)
+        self._peers: dict[object, tuple[str, int]] = {}
+
+    def peer_address(self, backend_name: object) -> tuple[str, int] | None:
+        """The TLS client behind a connection the backend accepted from ``backend_name``."""
+        return self._peers.get(backend_name)
 
     def start(self) -> None:
         self._thread.start()
@@ -55,7 +66,7 @@ class TlsFront:
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
             try:
-                conn, _addr = self._sock.accept()
+                conn, addr = self._sock.accept()
             except OSError:
                 if self._closed.is_set():
                     return
@@ -64,21 +75,28 @@ class TlsFront:
                 conn.close()
                 log.warning("too many TLS connections; refused one")
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="tls-conn", daemon=True).start()
+            peer = (str(addr[0]), int(addr[1]))
+            threading.Thread(target=self._serve, args=(conn, peer), name="tls-conn", daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         tls: ssl.SSLSocket | None = None
         backend: socket.socket | None = None
+        name: object = None
         try:
             conn.settimeout(self.handshake_timeout)
             tls = self.context.wrap_socket(conn, server_side=True)
             tls.settimeout(None)
             backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            backend.bind("")  # Linux autobind: a unique abstract name the backend sees as our address
+            name = backend.getsockname()
+            self._peers[name] = peer
             backend.connect(self.backend_path)
             self._pump(tls, backend)
         except (OSError, ssl.SSLError) as exc:
             log.debug("TLS connection ended", extra={"error_type": type(exc).__name__})
         finally:
+            if name is not None:
+                self._peers.pop(name, None)
             for s in (backend, tls or conn):
                 if s is not None:
                     with contextlib.suppress(OSError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
 import stat
 import sys
 from pathlib import Path
@@ -170,3 +172,24 @@ def test_rotate_pin_over_tls(cli: Cli, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     text = cli.proxy.audit() + cli.proxy.logs()
     assert "2468-new-pin" not in text and "0000-wrong" not in text
+
+
+def test_audit_names_the_tls_client_not_the_front(cli: Cli) -> None:
+    """Behind the TLS front, waitress sees only the front's Unix socket; the audit still names the
+    client's address, for every request of a keep-alive connection."""
+    host, port = cli.proxy.address.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=cli.cacert)
+    token = Path(cli.tokens["a"]).read_text().strip()
+    conn = http.client.HTTPSConnection(host, int(port), context=context, source_address=("127.0.0.2", 0), timeout=30)
+    try:
+        for n in range(2):
+            conn.request("GET", "/api/v1/hsm/secrets/team-a/nothing-here",
+                         headers={"Authorization": f"Bearer {token}", "X-Request-Id": f"remote-check-{n}"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 404
+    finally:
+        conn.close()
+    lines = [json.loads(line) for line in cli.proxy.audit().splitlines() if '"remote-check-' in line]
+    assert [(line["requestId"], line["remote"]) for line in lines] == [
+        ("remote-check-0", "127.0.0.2"), ("remote-check-1", "127.0.0.2")]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from hsmd.errors import HsmdError, InvalidArgument
 from hsmd.model import validate_data, validate_path, validate_prefix
 from hsmd.proxy import codec
-from hsmd.proxy.app import filter_allowed, identity, record, state
+from hsmd.proxy.app import current_record, filter_allowed, identity, record, state
 from hsmd.proxy.views.secrets import BROKER_PROFILE, query_args
 
 bp = Blueprint("bulk", __name__)
@@ -65,7 +65,8 @@ def import_secrets() -> Response:
     agents = state().agents
     results: list[dict[str, object]] = []
     audit_items: list[dict[str, object]] = []
-    g.verb = "import"
+    rec = current_record()
+    rec.verb = "import"
     for path, data, metadata in items:
         if not policy.allows(ident.namespace, "import", path, ident.service_account):
             results.append(
@@ -96,9 +97,9 @@ def import_secrets() -> Response:
                 "result": "ok" if outcome.ok else outcome.error.code if outcome.error else "error",
             }
         )
-    g.items = audit_items
+    rec.items = audit_items
     failed = sum(1 for r in results if r["status"] == "failed")
-    g.decision = "allow" if not any(i["decision"] == "deny" for i in audit_items) else "partial"
+    rec.decision = "allow" if not any(i["decision"] == "deny" for i in audit_items) else "partial"
     response = jsonify(
         {"results": results, "summary": {"total": len(results), "succeeded": len(results) - failed, "failed": failed}}
     )
@@ -109,7 +110,7 @@ def import_secrets() -> Response:
 @bp.get("/api/v1/hsm/export")
 def export_secrets() -> Response:
     prefix = validate_prefix(query_args({"prefix"}).get("prefix", ""))
-    g.target = prefix
+    current_record().target = prefix
     agents = state().agents
     listing = agents.list_paths(prefix)
     paths = filter_allowed("export", listing.paths)

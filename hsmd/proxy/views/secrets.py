@@ -12,7 +12,7 @@ import random
 import time
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from hsmd.errors import Conflict, InvalidArgument, NotFound
 from hsmd.fanout import ReadOutcome, WriteOutcome
@@ -25,9 +25,12 @@ from hsmd.model import (
     validate_prefix,
 )
 from hsmd.proxy import codec
-from hsmd.proxy.app import authorize, filter_allowed, record, state
+from hsmd.proxy.app import ProxyState, authorize, current_record, filter_allowed, record, state
+from hsmd.proxy.audit import RequestRecord
 
 bp = Blueprint("secrets", __name__)
+
+ITEM_RULE = "/api/v1/hsm/secrets/<path:path>"  # one secret: GET, POST, PUT, PATCH, DELETE
 
 # The broker checks keys and the Kubernetes size limit; each agent applies its device's own limit.
 BROKER_PROFILE = DeviceProfile("broker", MAX_SECRET_BYTES, "broker pre-check")
@@ -91,7 +94,7 @@ def finish(outcome: WriteOutcome) -> None:
 @bp.get("/api/v1/hsm/secrets")
 def list_secrets() -> Response:
     prefix = validate_prefix(query_args({"prefix"}).get("prefix", ""))
-    g.target = prefix
+    current_record().target = prefix
     listing = state().agents.list_paths(prefix)
     record(listing.agents)
     paths = filter_allowed("list", listing.paths)
@@ -102,19 +105,26 @@ def list_secrets() -> Response:
     return jsonify(doc)
 
 
-@bp.get("/api/v1/hsm/secrets/<path:path>")
+def read_secret(st: ProxyState, rec: RequestRecord, path: str) -> tuple[dict[str, object], str]:
+    """GET of one secret, for both adapters (this blueprint and hsmd.proxy.fastpath): the response
+    document and its checksum (the ETag)."""
+    validate_path(path)
+    st.authorize(rec, "get", path)
+    outcome = st.agents.read(path)
+    rec.agent_outcomes = outcome.agents
+    return read_json(outcome), outcome.require().checksum
+
+
+@bp.get(ITEM_RULE)
 def get_secret(path: str) -> Response:
     query_args(set())
-    validate_path(path)
-    authorize("get", path)
-    outcome = state().agents.read(path)
-    record(outcome.agents)
-    response = jsonify(read_json(outcome))
-    response.headers["ETag"] = f'"{outcome.require().checksum}"'
+    doc, checksum = read_secret(state(), current_record(), path)
+    response = jsonify(doc)
+    response.headers["ETag"] = f'"{checksum}"'
     return response
 
 
-@bp.post("/api/v1/hsm/secrets/<path:path>")
+@bp.post(ITEM_RULE)
 def create_secret(path: str) -> Response:
     query_args(set())
     validate_path(path)
@@ -129,7 +139,7 @@ def create_secret(path: str) -> Response:
     return response
 
 
-@bp.put("/api/v1/hsm/secrets/<path:path>")
+@bp.put(ITEM_RULE)
 def replace_secret(path: str) -> Response:
     query_args(set())
     validate_path(path)
@@ -161,7 +171,7 @@ def replace_secret(path: str) -> Response:
     return jsonify(write_json(outcome, created=existing is None))
 
 
-@bp.patch("/api/v1/hsm/secrets/<path:path>")
+@bp.patch(ITEM_RULE)
 def patch_secret(path: str) -> Response:
     query_args(set())
     validate_path(path)
@@ -197,7 +207,7 @@ def patch_secret(path: str) -> Response:
     raise Conflict(f"secret {path!r} kept changing; gave up after {PATCH_ATTEMPTS} attempts", path=path)
 
 
-@bp.delete("/api/v1/hsm/secrets/<path:path>")
+@bp.delete(ITEM_RULE)
 def delete_secret(path: str) -> Response:
     key = query_args({"key"}).get("key")
     validate_path(path)
