@@ -122,6 +122,20 @@ def relevant_change(old: Mapping[str, Any] | None, new: Mapping[str, Any], *, an
     return annotations and (a.get("annotations") or {}) != (b.get("annotations") or {})
 
 
+def only_finalizer_added(
+    old: Mapping[str, Any] | None, new: Mapping[str, Any], finalizer: str, *, annotations: bool = False
+) -> bool:
+    """The update is our own finalizer patch echoing back (nothing else that matters changed)."""
+    if old is None:
+        return False
+    before = list(_meta(old).get("finalizers") or [])
+    after = list(_meta(new).get("finalizers") or [])
+    if after != [*before, finalizer]:
+        return False
+    same_finalizers = dict(old, metadata=dict(_meta(old), finalizers=after))
+    return not relevant_change(same_finalizers, new, annotations=annotations)
+
+
 class KindController:
     """One watch: informer, role lane, workers."""
 
@@ -165,18 +179,10 @@ class KindController:
                 self.operator.on_dependent_event(self.watch, etype, new)
 
     def _only_our_finalizer_added(self, old: Obj | None, new: Obj) -> bool:
-        """Our own finalizer patch echoing back is not a reason to reconcile again."""
         fin = self.watch.finalizer
-        if old is None or fin is None:
-            return False
-        before = list(_meta(old).get("finalizers") or [])
-        after = list(_meta(new).get("finalizers") or [])
-        if after != [*before, fin.name]:
-            return False
-        return relevant_change(
-            dict(old, metadata=dict(_meta(old), finalizers=after)), new,
-            annotations=self.watch.watch_annotations_changes,
-        ) is False
+        return fin is not None and only_finalizer_added(
+            old, new, fin.name, annotations=self.watch.watch_annotations_changes
+        )
 
     def enqueue(self, key: Key, delay: float = 0.0) -> None:
         self.queue.add(key, delay)
@@ -291,18 +297,36 @@ class KindController:
         out.extend(present)
 
         def add(obj: Obj) -> Obj | None:
-            meta = _meta(obj)
-            patch = {"metadata": {"finalizers": [*(meta.get("finalizers") or []), fin.name],
-                                  "resourceVersion": meta.get("resourceVersion")}}
-            try:
-                updated = kube.merge_patch(self.operator.api, self.resource, meta["name"], meta.get("namespace"), patch)
-            except HsmdError as err:
-                log.info("adding the finalizer failed; will retry",
-                         extra={"kind": self.kind, "object": "/".join(key_of(obj)), "error": str(err)[:200]})
-                self.queue.retry(key_of(obj))
-                return None
-            self.informer.update_local(updated)
-            return updated
+            # The finalizers list is replaced as a whole, so the patch is conditional on the
+            # resourceVersion it was computed from; a conflict (the run writing status meanwhile)
+            # reads the object again and retries.
+            err: HsmdError | None = None
+            for _attempt in range(4):
+                meta = _meta(obj)
+                if fin.name in (meta.get("finalizers") or []):
+                    return obj
+                patch = {"metadata": {"finalizers": [*(meta.get("finalizers") or []), fin.name],
+                                      "resourceVersion": meta.get("resourceVersion")}}
+                try:
+                    updated = kube.merge_patch(self.operator.api, self.resource, meta["name"], meta.get("namespace"),
+                                               patch)
+                    self.informer.update_local(updated)
+                    return updated
+                except HsmdError as exc:
+                    err = exc
+                    if exc.code != "conflict":
+                        break
+                    try:
+                        obj = kube.get_object(self.operator.api, self.resource, meta["name"], meta.get("namespace"))
+                    except HsmdError as again:
+                        err = again
+                        break
+            if err is not None and err.code == "not_found":
+                return None  # deleted meanwhile
+            log.info("adding the finalizer failed; will retry",
+                     extra={"kind": self.kind, "object": "/".join(key_of(obj)), "error": str(err)[:200]})
+            self.queue.retry(key_of(obj))
+            return None
 
         if missing:
             for updated in self.operator.pool_map(add, missing):
