@@ -5,6 +5,11 @@
 - sandbox.py: a running sandbox Kubernetes API server and clients for it
 """
 
+import os
+
+# Tests hold gRPC channels while ansible-runner forks ansible-playbook; see hsmd/agent/__init__.py.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 pytest_plugins = [
     "tests.fixtures.softhsm",
     "tests.fixtures.agent",
