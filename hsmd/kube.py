@@ -72,10 +72,13 @@ def api_client(
     ca_cert: str | None = None,
     client_cert: str | None = None,
     client_key: str | None = None,
+    connection_pool_maxsize: int | None = None,
 ) -> k8s.ApiClient:
     """An ApiClient for a kubeconfig (explicit, $KUBECONFIG, ~/.kube/config) or, failing that, the
     in-cluster ServiceAccount. ``host``/``api_key``/... override the loaded values (the auth options
-    of kubernetes.core). Never touches the client library's global default configuration."""
+    of kubernetes.core). ``connection_pool_maxsize`` raises urllib3's default of 10 connections for
+    long-running callers that hold watches open and write in parallel. Never touches the client
+    library's global default configuration."""
     configuration = k8s.Configuration()
     explicit = bool(host and api_key)
     if not explicit:
@@ -93,6 +96,8 @@ def api_client(
         configuration.cert_file = client_cert
     if client_key:
         configuration.key_file = client_key
+    if connection_pool_maxsize:
+        configuration.connection_pool_maxsize = connection_pool_maxsize
     return k8s.ApiClient(configuration)
 
 

@@ -21,8 +21,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-from kubernetes.client.rest import RESTClientObject
-
 from hsmd import errors, kube
 from hsmd.agent.client import ClientTLS
 from hsmd.operator.agents import Agents
@@ -118,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             if bool(args.agent_cert) != bool(args.agent_key):
                 raise errors.InvalidArgument("give --agent-cert and --agent-key together")
             tls = ClientTLS(args.agent_ca, args.agent_cert, args.agent_key, args.agent_server_name)
-        api = kube.api_client(args.kubeconfig, args.context)
         # one long-lived connection per watch plus parallel writers: more than urllib3's default 10
-        api.configuration.connection_pool_maxsize = 64
-        api.rest_client = RESTClientObject(api.configuration)
+        api = kube.api_client(args.kubeconfig, args.context, connection_pool_maxsize=64)
     except errors.HsmdError as exc:
         log.error("cannot start", extra={"error": str(exc)})
         print(f"hsmd operator: {exc}", file=sys.stderr)
