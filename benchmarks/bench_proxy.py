@@ -114,6 +114,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=4, help="rounds of both arms, in ABBA order")
     parser.add_argument("--proxy-threads", type=int, default=4, help="the broker's waitress threads")
+    parser.add_argument("--no-read-coalescing", action="store_true",
+                        help="start the broker with --no-read-coalescing (every read its own agent call)")
     args = parser.parse_args()
 
     from hsmd import kube
@@ -137,7 +139,8 @@ def main() -> int:
         tok = make_agent_token(work / "token")
         with start_agent(tok.token, pin_file=tok.pin_file, workdir=work / "agent") as agent, \
                 start_proxy(work / "proxy", agents=[agent.address], kubeconfig=str(work / "kubeconfig"),
-                            extra=["--policy", str(policy), "--threads", str(args.proxy_threads)]) as proxy:
+                            extra=["--policy", str(policy), "--threads", str(args.proxy_threads),
+                                   *(["--no-read-coalescing"] if args.no_read_coalescing else [])]) as proxy:
             seed = AgentClient(agent.address, timeout=30)
             paths = [f"bench/app{i:03d}/creds" for i in range(args.secrets)]
             for i, path in enumerate(paths):
@@ -206,7 +209,8 @@ def main() -> int:
     d_rate, d_p50, d_p99, d_n, d_cpu = summary("direct")
     p_rate, p_p50, p_p99, p_n, p_cpu = summary("proxy")
     print(f"\nhsmd proxy benchmark: SoftHSM2 token, 1 agent, {args.secrets} secrets of 2 keys, {args.threads} client "
-          f"threads (keep-alive), broker with {args.proxy_threads} threads; {args.rounds} rounds x {args.seconds:g} s "
+          f"threads (keep-alive), broker with {args.proxy_threads} threads, read coalescing "
+          f"{'off' if args.no_read_coalescing else 'on'}; {args.rounds} rounds x {args.seconds:g} s "
           f"per arm, ABBA order; load average {load_before[0]:.1f} -> {load_after[0]:.1f} ({os.cpu_count()} CPUs)")
     print("\nper round (reads/s, p50 ms):")
     for index, (d, p) in enumerate(zip(results["direct"], results["proxy"], strict=True)):

@@ -300,6 +300,121 @@ class RepairItem:
         }
 
 
+# --- read coalescing ----------------------------------------------------------------------------
+
+
+class _PendingRead:
+    __slots__ = ("batch", "done", "error", "path", "secret")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.done = threading.Event()
+        self.secret: Secret | None = None
+        self.error: BaseException | None = None
+        self.batch: list[_PendingRead] | None = None  # set on the read that sends its batch
+
+
+class ReadCoalescer:
+    """Single-secret reads of one agent that share RPCs under concurrency (group commit).
+
+    A read with nothing in flight goes out at once (ReadSecret). Reads that arrive while one is in
+    flight wait; when it returns, they go out together as one ReadSecrets, sent by the first of
+    them: the client pays one RPC and the agent reads them in one pass. Without concurrency nothing
+    waits. A batch is sent only after every read in it arrived, so each read still sees every write
+    acknowledged before it began; per-path results are what single reads give, and a failure of the
+    whole call (agent unreachable) fails each read in it. The price: a read may wait behind one slow
+    call to the same agent (at most one call's duration). Agents without ReadSecrets (the Go agent)
+    are read one by one."""
+
+    MAX_BATCH = 100
+
+    def __init__(self, agent: AgentLike) -> None:
+        self.agent = agent
+        self._lock = threading.Lock()
+        self._busy = False
+        self._queue: list[_PendingRead] = []
+        self._batching: bool | None = None  # None: not known yet
+        self.batches = 0  # ReadSecrets calls sent for waiting reads (observability and tests)
+
+    def _can_batch(self) -> bool:
+        if self._batching is None:
+            probe = getattr(self.agent, "supports_additive", None)
+            if not callable(probe):
+                self._batching = False
+            else:
+                try:
+                    self._batching = bool(probe())
+                except HsmdError:
+                    return False  # unreachable now: ask again next time
+        return self._batching
+
+    def read(self, path: str) -> Secret:
+        if not self._can_batch():
+            return self.agent.read(path)
+        with self._lock:
+            mine: _PendingRead | None = None
+            if self._busy:
+                mine = _PendingRead(path)
+                self._queue.append(mine)
+            else:
+                self._busy = True
+        if mine is None:
+            try:
+                return self.agent.read(path)
+            finally:
+                self._hand_over()
+        mine.done.wait()
+        if mine.batch is not None:
+            self._send(mine.batch)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.secret is not None
+        return mine.secret
+
+    def _hand_over(self) -> None:
+        """The call in flight returned: wake the first waiting read to send the waiting batch."""
+        with self._lock:
+            if not self._queue:
+                self._busy = False
+                return
+            batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH :]
+        batch[0].batch = batch
+        batch[0].done.set()
+
+    def _send(self, batch: list[_PendingRead]) -> None:
+        try:
+            results: Mapping[str, Secret | HsmdError] = {}
+            failure: HsmdError | None = None
+            try:
+                if len(batch) == 1:
+                    results = {batch[0].path: self.agent.read(batch[0].path)}
+                else:
+                    self.batches += 1
+                    results = self.agent.read_many([p.path for p in batch])
+            except HsmdError as err:
+                results, failure = {}, err
+            except Exception as exc:
+                log.exception("batched read failed unexpectedly", extra={"agent": self.agent.address})
+                results, failure = {}, Internal(f"agent {self.agent.address}: unexpected {type(exc).__name__}")
+            for pending in batch:
+                if pending.path in results:
+                    result = results[pending.path]
+                elif failure is not None:
+                    result = failure
+                else:
+                    result = Internal(f"agent {self.agent.address} did not answer for {pending.path!r}")
+                if isinstance(result, HsmdError):  # each reader raises its own instance
+                    pending.error = type(result)(result.message, path=result.path)
+                else:
+                    pending.secret = result
+        finally:
+            for pending in batch:
+                if pending.secret is None and pending.error is None:
+                    pending.error = Internal(f"agent {self.agent.address}: batched read failed")
+                pending.done.set()
+            self._hand_over()
+
+
 # --- the agent set ------------------------------------------------------------------------------
 
 
@@ -316,8 +431,12 @@ class AgentSet:
         quorum: str = "majority",
         factory: Callable[[str], AgentLike] | None = None,
         max_workers: int | None = None,
+        coalesce_reads: bool = False,
     ) -> None:
         self.quorum = validate_quorum(quorum)
+        # concurrent reads of one secret each share agent RPCs (ReadCoalescer); the broker turns it on
+        self.coalesce_reads = coalesce_reads
+        self._readers: dict[str, ReadCoalescer] = {}
         self._factory = factory
         self._agents: list[AgentLike] = list(agents)
         self._members_lock = threading.Lock()
@@ -339,6 +458,7 @@ class AgentSet:
         quorum: str = "majority",
         tls: ClientTLS | None = None,
         timeout: float = 10.0,
+        coalesce_reads: bool = False,
     ) -> AgentSet:
         """An AgentSet of real ``AgentClient``s."""
         from hsmd.agent.client import AgentClient
@@ -347,7 +467,7 @@ class AgentSet:
             client: AgentLike = AgentClient(address, tls=tls, timeout=timeout)
             return client
 
-        return cls([factory(a) for a in addresses], quorum=quorum, factory=factory)
+        return cls([factory(a) for a in addresses], quorum=quorum, factory=factory, coalesce_reads=coalesce_reads)
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -373,6 +493,8 @@ class AgentSet:
             new_agents = [current.get(addr) or self._factory(addr) for addr in wanted]
             removed = [a for addr, a in current.items() if addr not in wanted]
             self._agents = new_agents
+            for agent in removed:
+                self._readers.pop(agent.address, None)
         for agent in removed:
             _close_quietly(agent)
         log.info("agent set changed", extra={"agents": wanted})
@@ -419,9 +541,21 @@ class AgentSet:
 
     # -- reads ----------------------------------------------------------------------------------
 
+    def _reader(self, agent: AgentLike) -> ReadCoalescer:
+        reader = self._readers.get(agent.address)
+        if reader is None or reader.agent is not agent:
+            with self._members_lock:
+                reader = self._readers.get(agent.address)
+                if reader is None or reader.agent is not agent:
+                    reader = self._readers[agent.address] = ReadCoalescer(agent)
+        return reader
+
     def read(self, path: str) -> ReadOutcome:
         agents = self._require_agents()
-        results = self._each(agents, lambda a: a.read(path))
+        if self.coalesce_reads:
+            results = self._each(agents, lambda a: self._reader(a).read(path))
+        else:
+            results = self._each(agents, lambda a: a.read(path))
         return _resolve_read(path, agents, results)
 
     def read_many(self, paths: Sequence[str]) -> dict[str, ReadOutcome]:

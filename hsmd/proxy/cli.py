@@ -3,7 +3,8 @@
 hsmd proxy --listen HOST:PORT (--agent HOST:PORT ... | --pool NAMESPACE/NAME) [--kubeconfig F]
            [--policy FILE | --policy-configmap NAMESPACE/NAME] [--audience AUD] [--audit-log FILE|-]
            [--quorum majority|all|one] [--max-body BYTES] [--tls-cert F --tls-key F]
-           [--agent-ca F [--agent-cert F --agent-key F] [--agent-server-name N]] [--ready-file F]
+           [--agent-ca F [--agent-cert F --agent-key F] [--agent-server-name N]] [--threads N]
+           [--no-read-coalescing] [--ready-file F]
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent-timeout", type=float, default=10.0, help="seconds per agent call")
     p.add_argument("--pool-refresh", type=float, default=10.0, help="seconds between HSMPool agent lookups")
     p.add_argument("--threads", type=int, default=8, help="request worker threads")
+    p.add_argument(
+        "--no-read-coalescing",
+        action="store_true",
+        help="send every read on its own instead of sharing agent calls between concurrent reads",
+    )
     p.add_argument("--ready-file", help="write the bound address here as JSON once serving")
     p.add_argument("--log-level", default="info")
     return p
@@ -124,7 +130,13 @@ def run(args: argparse.Namespace) -> int:
         addresses = agents_from_pool(api, pool_ns, pool_name)
         if not addresses:
             log.warning("the pool has no ready agents yet", extra={"pool": args.pool})
-    agents = AgentSet.from_addresses(addresses, quorum=args.quorum, tls=tls, timeout=args.agent_timeout)
+    agents = AgentSet.from_addresses(
+        addresses,
+        quorum=args.quorum,
+        tls=tls,
+        timeout=args.agent_timeout,
+        coalesce_reads=not args.no_read_coalescing,
+    )
 
     policy: PolicySource
     configmap: ConfigMapPolicy | None = None
