@@ -10,6 +10,12 @@ broker (hsmd.proxy) and the operator talk to a pool through one ``AgentSet``:
 * reads ask every agent and resolve the answers (``resolve_versions``): a strict majority wins when
   three or more agents answer, otherwise the newest version (metadata ``createdAt``, which the
   writers here stamp on every write) wins; any difference is reported as a disagreement.
+  ``read_many`` and ``checksums`` answer like an ``AgentClient`` (``Secret | HsmdError`` per path;
+  checksums with absent paths left out), so callers that read many secrets (``hsmd.sync``, the
+  operator) take an AgentSet or a single client alike; ``read`` and ``read_many_outcomes`` keep
+  the per-agent detail the broker reports. A path that the answering agents lack while another
+  agent did not answer is ``Unavailable`` there, never NotFound or absent (``settle_read``): the
+  silent agent may hold it, and a caller that took absence for a fact might delete a Secret.
 * a write that does not reach its quorum is never reported as a success: ``WriteOutcome.ok`` is
   False and ``error`` is the domain error to raise (``Unavailable`` when agents were unreachable).
 
@@ -268,6 +274,22 @@ class ReadOutcome:
         return {"resolvedBy": self.resolved_by, "agents": [o.to_json() for o in self.agents]}
 
 
+def settle_read(outcome: ReadOutcome) -> Secret | HsmdError:
+    """A resolved read as a plain answer (what ``AgentClient.read_many`` gives per path): the
+    secret; NotFound when every agent answered and it resolved as absent; Unavailable when it
+    resolved as absent but some agent did not answer (that agent may hold it)."""
+    if outcome.secret is not None:
+        return outcome.secret
+    silent = [o for o in outcome.agents if not o.ok]
+    if silent:
+        return Unavailable(
+            f"secret {outcome.path!r} is absent on the agents that answered; "
+            f"{len(silent)} of {len(outcome.agents)} agent(s) did not answer",
+            path=outcome.path,
+        )
+    return NotFound(f"secret {outcome.path!r} not found", path=outcome.path)
+
+
 @dataclass(frozen=True)
 class ListOutcome:
     paths: list[str]
@@ -460,14 +482,15 @@ class AgentSet:
         timeout: float = 10.0,
         coalesce_reads: bool = False,
     ) -> AgentSet:
-        """An AgentSet of real ``AgentClient``s."""
+        """An AgentSet of real ``AgentClient``s (an address given twice is one agent)."""
         from hsmd.agent.client import AgentClient
 
         def factory(address: str) -> AgentLike:
             client: AgentLike = AgentClient(address, tls=tls, timeout=timeout)
             return client
 
-        return cls([factory(a) for a in addresses], quorum=quorum, factory=factory, coalesce_reads=coalesce_reads)
+        unique = list(dict.fromkeys(addresses))
+        return cls([factory(a) for a in unique], quorum=quorum, factory=factory, coalesce_reads=coalesce_reads)
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -558,20 +581,53 @@ class AgentSet:
             results = self._each(agents, lambda a: a.read(path))
         return _resolve_read(path, agents, results)
 
-    def read_many(self, paths: Sequence[str]) -> dict[str, ReadOutcome]:
-        agents = self._require_agents()
-        if not paths:
-            return {}
-        batches = self._each(agents, lambda a: a.read_many(list(paths)))
+    def read_many(self, paths: Sequence[str]) -> dict[str, Secret | HsmdError]:
+        """Many secrets, resolved across the agents, answered like ``AgentClient.read_many``: per
+        path the Secret or its error (``settle_read``: absence while an agent was silent is
+        Unavailable). Raises only when no agent answered at all."""
+        resolved = self._read_resolved(paths)
+        return {p: r if isinstance(r, HsmdError) else settle_read(r) for p, r in resolved.items()}
+
+    def read_many_outcomes(self, paths: Sequence[str]) -> dict[str, ReadOutcome]:
+        """Many secrets with every agent's answer and the disagreement report (the broker's
+        export). Raises when some path got no answer from any agent."""
         out: dict[str, ReadOutcome] = {}
-        for path in paths:
+        for path, result in self._read_resolved(paths).items():
+            if isinstance(result, HsmdError):
+                raise result
+            out[path] = result
+        return out
+
+    def _read_resolved(self, paths: Sequence[str]) -> dict[str, ReadOutcome | HsmdError]:
+        """One ReadSecrets per agent (in parallel), each path resolved; a path no agent could
+        answer maps to its error. Raises when every agent's call failed."""
+        agents = self._require_agents()
+        unique = list(dict.fromkeys(paths))
+        if not unique:
+            return {}
+        batches = self._each(agents, lambda a: a.read_many(unique))
+        if all(isinstance(b, HsmdError) for b in batches):
+            raise _unavailable_from(
+                [AgentOutcome(a.address, False, error=b) for a, b in zip(agents, batches, strict=True)
+                 if isinstance(b, HsmdError)],
+                "read",
+            )
+        out: dict[str, ReadOutcome | HsmdError] = {}
+        for path in unique:
             per_agent: list[Secret | HsmdError] = []
-            for batch in batches:
+            for agent, batch in zip(agents, batches, strict=True):
                 if isinstance(batch, HsmdError):
                     per_agent.append(batch)
                 else:
-                    per_agent.append(batch.get(path, NotFound(f"secret {path!r} not found", path=path)))
-            out[path] = _resolve_read(path, agents, per_agent)
+                    # an answer without this path is a failure of that agent, never absence
+                    per_agent.append(
+                        batch[path] if path in batch
+                        else Internal(f"agent {agent.address} did not answer for {path!r}", path=path)
+                    )
+            try:
+                out[path] = _resolve_read(path, agents, per_agent)
+            except HsmdError as err:
+                out[path] = err
         return out
 
     def list_paths(self, prefix: str = "") -> ListOutcome:
@@ -609,6 +665,64 @@ class AgentSet:
         resolved = self.read(path)
         secret = resolved.require()
         return secret.checksum, resolved, resolved.agents
+
+    def checksums(self, paths: Sequence[str] | None = None, prefix: str = "") -> dict[str, str | HsmdError]:
+        """Resolved checksums of ``paths`` (or of every secret under ``prefix``), like
+        ``AgentClient.checksums``: one GetChecksums per agent, absent paths left out. Paths the
+        agents disagree about are resolved by a full read (``read_many``: the write times decide).
+        A path absent on the agents that answered while another agent did not answer maps to
+        Unavailable (never left out as absent); so does every path whose resolution failed.
+        With ``prefix`` every agent must answer (a silent agent's paths cannot be named): Unavailable
+        otherwise. Raises when no agent answered."""
+        agents = self._require_agents()
+        wanted: list[str] | None = None
+        if paths is not None:
+            wanted = list(dict.fromkeys(paths))
+            if not wanted:
+                return {}
+            asked = wanted
+            results = self._each(agents, lambda a: a.checksums(paths=asked))
+        else:
+            results = self._each(agents, lambda a: a.checksums(prefix=prefix))
+        outcomes = tuple(_outcome(a.address, r) for a, r in zip(agents, results, strict=True))
+        answered = [r for r in results if not isinstance(r, HsmdError)]
+        if not answered:
+            raise _unavailable_from(outcomes, "checksums")
+        silent = len(agents) - len(answered)
+        if wanted is None:
+            if silent:
+                raise _unavailable_from(
+                    [o for o in outcomes if not o.ok], f"checksums under {prefix!r} (every agent must answer)"
+                )
+            wanted = sorted({p for r in answered for p in r})
+        out: dict[str, str | HsmdError] = {}
+        disagreeing: list[str] = []
+        for path in wanted:
+            seen = {r.get(path) for r in answered}
+            if len(seen) > 1:
+                disagreeing.append(path)
+                continue
+            value = next(iter(seen))
+            if value is not None:
+                out[path] = value
+            elif silent:
+                out[path] = Unavailable(
+                    f"secret {path!r} is absent on the agents that answered; "
+                    f"{silent} of {len(agents)} agent(s) did not answer",
+                    path=path,
+                )
+        if disagreeing:
+            try:
+                read = self.read_many(disagreeing)
+            except HsmdError as err:
+                read = dict.fromkeys(disagreeing, err)
+            for path in disagreeing:
+                answer = read[path] if path in read else Internal(f"no answer for {path!r}", path=path)
+                if isinstance(answer, Secret):
+                    out[path] = answer.checksum
+                elif not isinstance(answer, NotFound):
+                    out[path] = answer
+        return out
 
     # -- writes ---------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from urllib.parse import quote
 from kubernetes.client.exceptions import ApiException
 
 from hsmd import kube, model, render
-from hsmd.errors import Forbidden, HsmdError, Internal, InvalidArgument, NotFound, Unavailable
+from hsmd.errors import Forbidden, HsmdError, Internal, InvalidArgument, Unavailable
 from hsmd.policy import Policy
 from hsmd.render import Decision, Event, Target, needs_sync
 
@@ -63,10 +63,12 @@ COMPONENT = "hsmd"
 
 
 class SecretReader(Protocol):
-    """What sync needs from the HSM side: ``read_many`` of an AgentClient or Token (answers
-    ``Secret | HsmdError`` per path) or of an ``hsmd.fanout.AgentSet`` (answers ``ReadOutcome``)."""
+    """What sync needs from the HSM side: ``read_many`` answering ``Secret | HsmdError`` per path
+    (an AgentClient, a Token, or an ``hsmd.fanout.AgentSet``, whose answer for a path absent on the
+    agents that answered while another did not is Unavailable, so a partial outage never reads as
+    SourceMissing)."""
 
-    def read_many(self, paths: Sequence[str]) -> Mapping[str, Any]: ...
+    def read_many(self, paths: Sequence[str]) -> Mapping[str, model.Secret | HsmdError]: ...
 
 
 @dataclass
@@ -283,7 +285,7 @@ def _read_sources(agent: SecretReader | None, items: list[_Item], chunk: int) ->
     paths = sorted(by_path)
     for start in range(0, len(paths), max(1, chunk)):
         part = paths[start : start + max(1, chunk)]
-        found: Mapping[str, Any]
+        found: Mapping[str, model.Secret | HsmdError]
         if agent is None:
             err: HsmdError = Unavailable("no HSM agent is configured")
             found = {p: err for p in part}
@@ -295,29 +297,10 @@ def _read_sources(agent: SecretReader | None, items: list[_Item], chunk: int) ->
             except Exception as exc:  # a client bug must not abort the other objects
                 found = {p: Internal(f"reading from the agent failed: {type(exc).__name__}") for p in part}
         for path in part:
-            result = _as_source(path, found.get(path))
+            # an answer without the path is the reader's failure, never absence (which may delete)
+            result = found[path] if path in found else Internal(f"the agent's answer has no entry for {path!r}")
             for item in by_path[path]:
                 item.source = result
-
-
-def _as_source(path: str, answer: Any) -> model.Secret | HsmdError:
-    """One path's answer as a Secret or an error. An AgentSet's resolved "absent" counts as
-    NotFound only when every agent answered: absence seen by some agents while others were
-    unreachable is Unavailable, so a partial outage never deletes a Secret (deletionPolicy Delete)."""
-    if isinstance(answer, model.Secret | HsmdError):
-        return answer
-    if answer is None:
-        return NotFound(f"HSM path {path!r} is missing from the agent's answer", path=path)
-    secret = getattr(answer, "secret", None)  # hsmd.fanout.ReadOutcome
-    if isinstance(secret, model.Secret):
-        return secret
-    failed = [a for a in getattr(answer, "agents", ()) if not getattr(a, "ok", True)]
-    if failed:
-        return Unavailable(
-            f"HSM path {path!r} is absent on the agents that answered; {len(failed)} agent(s) did not answer",
-            path=path,
-        )
-    return NotFound(f"HSM path {path!r} holds no secret", path=path)
 
 
 def _find_existing(secrets: _Secrets, items: list[_Item], workers: int) -> None:

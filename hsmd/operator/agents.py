@@ -1,15 +1,16 @@
 """Which agents serve an HSMSecret, and the two things the fast path asks them.
 
-Static agents (``--agent HOST:PORT``, repeatable) serve every HSMSecret: one agent is used as
-is, several are the mirrors of one pool and are read through ``hsmd.fanout.AgentSet`` (resolved
-reads). In a cluster, without ``--agent``, an HSMSecret is served by the agents of its pool:
-``spec.parentRef`` names an HSMPool (or an HSMDevice, whose pool is ``<device>-pool``); without a
-parentRef, the only HSMPool of its namespace. Pool membership comes from
-``hsmd.fanout.agents_from_pool`` and is refreshed every ``pool_ttl`` seconds.
+Static agents (``--agent HOST:PORT``, repeatable) serve every HSMSecret: one agent, or several
+that are the mirrors of one pool. In a cluster, without ``--agent``, an HSMSecret is served by the
+agents of its pool: ``spec.parentRef`` names an HSMPool (or an HSMDevice, whose pool is
+``<device>-pool``); without a parentRef, the only HSMPool of its namespace. Pool membership comes
+from ``hsmd.fanout.agents_from_pool`` and is refreshed every ``pool_ttl`` seconds.
 
-``AgentGroup.checksums`` is the fast path's one batch RPC per agent; ``AgentGroup.read_many`` is
-what ``hsmd.sync.sync_batch`` reads through. ``ChangeSubscriber`` follows one agent's WatchChanges
-stream, reconnecting with backoff and resuming from the last sequence.
+An ``AgentGroup`` is the ``hsmd.fanout.AgentSet`` of one set of addresses: ``checksums`` is the
+fast path's one batch RPC per agent and ``read_many`` is what ``hsmd.sync.sync_batch`` reads
+through, both resolved across the mirrors the way the AgentSet resolves reads (a path absent on
+the agents that answered while another did not is Unavailable). ``ChangeSubscriber`` follows one
+agent's WatchChanges stream, reconnecting with backoff and resuming from the last sequence.
 """
 
 from __future__ import annotations
@@ -25,67 +26,18 @@ from typing import Any
 from hsmd import fanout
 from hsmd.agent.client import AgentClient, Change, ClientTLS
 from hsmd.errors import HsmdError, NotFound, Unavailable
-from hsmd.model import Secret
 
 log = logging.getLogger("hsmd.operator.agents")
 
-# A path whose agents disagree about its checksum: never equal to any recorded checksum.
-DISAGREE = "disagree"
 
-
-class AgentGroup:
-    """The agents holding one set of secrets (one agent, or the mirrors of a pool)."""
+class AgentGroup(fanout.AgentSet):
+    """The AgentSet of one set of agents (one agent, or the mirrors of a pool), keyed by its
+    sorted addresses; ``clients`` are its AgentClients (the change streams follow each one)."""
 
     def __init__(self, addresses: Sequence[str], *, tls: ClientTLS | None = None, timeout: float = 10.0) -> None:
-        self.addresses = tuple(sorted(addresses))
-        self.clients = [AgentClient(a, tls=tls, timeout=timeout) for a in self.addresses]
-        self._set: fanout.AgentSet | None = None
-        if len(self.clients) > 1:
-            self._set = fanout.AgentSet(self.clients, quorum="majority")
-
-    @property
-    def key(self) -> tuple[str, ...]:
-        return self.addresses
-
-    def read_many(self, paths: Sequence[str]) -> dict[str, Secret | HsmdError]:
-        if self._set is None:
-            return self.clients[0].read_many(paths)
-        out: dict[str, Secret | HsmdError] = {}
-        for path, outcome in self._set.read_many(paths).items():
-            try:
-                out[path] = outcome.require()
-            except HsmdError as err:
-                out[path] = err
-        return out
-
-    def checksums(self, paths: Sequence[str]) -> dict[str, str | None]:
-        """path -> checksum (None: no secret there; DISAGREE: the mirrors differ). Raises
-        Unavailable when no agent answers."""
-        answers: list[Mapping[str, str]] = []
-        errors: list[HsmdError] = []
-        for client in self.clients:
-            try:
-                answers.append(client.checksums(paths=list(paths)))
-            except HsmdError as err:
-                errors.append(err)
-        if not answers:
-            raise errors[0] if errors else Unavailable("no agent answered")
-        out: dict[str, str | None] = {}
-        for path in paths:
-            seen = {a.get(path) for a in answers}
-            # agreement of every agent that answered, and those are a majority of the pool
-            if len(seen) == 1 and (not errors or len(answers) * 2 > len(self.clients)):
-                out[path] = next(iter(seen))
-            else:
-                out[path] = DISAGREE
-        return out
-
-    def close(self) -> None:
-        if self._set is not None:
-            self._set.close()
-        else:
-            for client in self.clients:
-                client.close()
+        self.key: tuple[str, ...] = tuple(sorted(set(addresses)))
+        self.clients = [AgentClient(a, tls=tls, timeout=timeout) for a in self.key]
+        super().__init__(self.clients, quorum="majority")
 
 
 class Agents:
@@ -117,7 +69,7 @@ class Agents:
         return self._static
 
     def first_address(self) -> str | None:
-        return self._static.addresses[0] if self._static else None
+        return self._static.key[0] if self._static else None
 
     def groups(self) -> list[AgentGroup]:
         with self._lock:

@@ -782,8 +782,16 @@ class HSMSecretController(KindController):
                         self.enqueue_fast(key_of(obj))
                 continue
             for obj, path in members:
+                hsm = sums.get(path)  # absent: no secret there
+                if isinstance(hsm, HsmdError):
+                    # not known now (e.g. absent on the agents that answered, another silent)
+                    unavailable += 1
+                    cond = render.ready_condition(obj.get("status")) or {}
+                    if cond.get("reason") != render.UNAVAILABLE:
+                        self.enqueue_fast(key_of(obj))
+                    continue
                 checked += 1
-                if render.needs_sync(obj, sums.get(path), self._secret_checksum(obj), policy=policy):
+                if render.needs_sync(obj, hsm, self._secret_checksum(obj), policy=policy):
                     stale += 1
                     self.enqueue_fast(key_of(obj))
         self.operator.metrics.resync_total.labels("checked").inc(checked)

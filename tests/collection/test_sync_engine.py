@@ -19,6 +19,7 @@ from kubernetes import client as k8s
 
 from hsmd import model, render, sync
 from hsmd.agent.client import AgentClient
+from hsmd.errors import Unavailable
 from hsmd.kube import install_crds
 from hsmd.policy import Policy
 from hsmd.sandbox import SandboxHandle
@@ -278,8 +279,12 @@ def test_agent_set_partial_outage_never_deletes(api: Any, module_agent: RunningA
             obj = create_hsmsecret(api, ns, "mirrored", deletionPolicy="Delete")
             (synced,) = run(api, pool, [obj])
             assert synced.reason == "Synced" and decoded(get_secret(api, ns, "mirrored")) == {"k": b"same-on-both"}
+            assert synced.status is not None
+            assert pool.checksums([f"{ns}/mirrored"]) == {f"{ns}/mirrored": synced.status["hsmChecksum"]}
             second.terminate()
             first_client.delete(f"{ns}/mirrored")
+            # the operator's resync question and the read both say "not known now", never "absent"
+            assert isinstance(pool.checksums([f"{ns}/mirrored"])[f"{ns}/mirrored"], Unavailable)
             (outage,) = run(api, pool, [get_hsmsecret(api, ns, "mirrored")])
             assert (outage.reason, outage.action) == ("Unavailable", "unchanged")
             assert decoded(get_secret(api, ns, "mirrored")) == {"k": b"same-on-both"}

@@ -14,7 +14,7 @@ import pytest
 from hsmd.agent.client import AgentClient
 from hsmd.errors import AlreadyExists, NotFound, Unavailable
 from hsmd.fanout import AgentSet
-from hsmd.model import SecretMetadata
+from hsmd.model import Secret, SecretMetadata
 from tests.fixtures.agent import RunningAgent
 
 
@@ -88,9 +88,51 @@ def test_a_diverged_device_is_outvoted_and_reported(agent_set: AgentSet, direct:
     assert read.disagreement and read.resolved_by == "majority"
     checksum, resolved, _ = agent_set.checksum("fan/diverge")
     assert checksum == read.require().checksum and resolved is not None
+    outcomes = agent_set.read_many_outcomes(["fan/diverge", "fan/none"])
+    assert outcomes["fan/diverge"].require().data == {"k": b"agreed"}
+    assert outcomes["fan/diverge"].disagreement and outcomes["fan/diverge"].report() is not None
+    assert outcomes["fan/none"].secret is None
+    # the AgentClient-shaped answers: Secret or error per path, absent paths left out of checksums
     many = agent_set.read_many(["fan/diverge", "fan/none"])
-    assert many["fan/diverge"].require().data == {"k": b"agreed"}
-    assert many["fan/none"].secret is None
+    diverged = many["fan/diverge"]
+    assert isinstance(diverged, Secret) and diverged.data == {"k": b"agreed"}
+    assert isinstance(many["fan/none"], NotFound)
+    assert agent_set.checksums(["fan/diverge", "fan/none"]) == {"fan/diverge": diverged.checksum}
+    assert agent_set.checksums(prefix="fan/diverge") == {"fan/diverge": diverged.checksum}
+
+
+def test_a_partial_outage_is_unavailable_never_absent(three_agents: list[RunningAgent],
+                                                      direct: list[AgentClient]) -> None:
+    """Absent on the agents that answered while another is silent: Unavailable, not NotFound or
+    left out (the silent one may hold it, and hsmd.sync would otherwise delete a Secret)."""
+    agent_set = AgentSet.from_addresses([a.address for a in three_agents], timeout=0.5)
+    try:
+        _partial_outage(three_agents, agent_set, direct)
+    finally:
+        agent_set.close()
+
+
+def _partial_outage(three_agents: list[RunningAgent], agent_set: AgentSet, direct: list[AgentClient]) -> None:
+    agent_set.write("fan/outage-kept", {"k": b"v"})
+    agent_set.write("fan/outage-gone", {"k": b"v"})
+    for client in direct[:2]:
+        client.delete("fan/outage-gone")  # only the agent about to fall silent still holds it
+    kept = direct[0].checksum("fan/outage-kept")
+    with paused(three_agents[2]):
+        many = agent_set.read_many(["fan/outage-kept", "fan/outage-gone"])
+        sums = agent_set.checksums(["fan/outage-kept", "fan/outage-gone"])
+        with pytest.raises(Unavailable):
+            agent_set.checksums(prefix="fan")  # a silent agent's paths cannot be named
+    assert isinstance(many["fan/outage-kept"], Secret) and many["fan/outage-kept"].checksum == kept
+    assert isinstance(many["fan/outage-gone"], Unavailable)
+    assert sums["fan/outage-kept"] == kept and isinstance(sums["fan/outage-gone"], Unavailable)
+    # every agent answering again: the mirrors disagree and the read decides (two of three: deleted)
+    assert agent_set.checksums(["fan/outage-gone"]) == {}
+    assert isinstance(agent_set.read_many(["fan/outage-gone"])["fan/outage-gone"], NotFound)
+    for client in direct:
+        client.delete("fan/outage-kept")
+    assert isinstance(agent_set.read_many(["fan/outage-kept"])["fan/outage-kept"], NotFound)
+    assert agent_set.checksums(["fan/outage-kept"]) == {}
 
 
 def test_deletes(agent_set: AgentSet, direct: list[AgentClient]) -> None:

@@ -1,19 +1,23 @@
-"""Pure decisions of hsmd.fanout: quorum sizes, read resolution, write verdicts, pool addresses."""
+"""Pure decisions of hsmd.fanout: quorum sizes, read resolution, settled answers, write verdicts, pool
+addresses."""
 
 from __future__ import annotations
 
 import pytest
 
-from hsmd.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
+from hsmd.errors import AlreadyExists, Conflict, IntegrityError, InvalidArgument, NotFound, Unavailable
 from hsmd.fanout import (
     AgentOutcome,
+    ReadOutcome,
     Version,
     agent_addresses,
     decide_write,
     pool_device_name,
     required_acks,
     resolve_versions,
+    settle_read,
 )
+from hsmd.model import Secret, SecretMetadata, checksum
 
 
 @pytest.mark.parametrize(("quorum", "total", "need"), [
@@ -72,6 +76,19 @@ def test_decide_write() -> None:
     err = decide_write([ok("a"), exists, AgentOutcome("c", False, error=Conflict("changed"))], 3, "all")
     assert isinstance(err, AlreadyExists | Conflict) and "1 of 3" in err.message
     assert isinstance(decide_write([AgentOutcome("a", False, error=NotFound("x"))], 1, "one"), NotFound)
+
+
+def test_settle_read_absence_is_a_fact_only_when_every_agent_answered() -> None:
+    secret = Secret("p", {"k": b"v"}, SecretMetadata(), checksum({"k": b"v"}))
+    absent = AgentOutcome("a", True, checksum=None)
+    silent = AgentOutcome("b", False, error=Unavailable("down"))
+    assert settle_read(ReadOutcome("p", secret, "newest", True, (absent, silent))) is secret
+    assert isinstance(settle_read(ReadOutcome("p", None, "unanimous", False, (absent, absent))), NotFound)
+    gone = settle_read(ReadOutcome("p", None, "unanimous", False, (absent, silent)))
+    assert isinstance(gone, Unavailable) and gone.temporary and "1 of 2" in gone.message
+    # a per-path permanent failure on the other agent does not make absence a fact either
+    corrupt = AgentOutcome("b", False, error=IntegrityError("bad object"))
+    assert isinstance(settle_read(ReadOutcome("p", None, "unanimous", False, (absent, corrupt))), Unavailable)
 
 
 def test_pool_device_name_and_agent_addresses() -> None:

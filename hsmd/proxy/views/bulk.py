@@ -119,7 +119,7 @@ def export_secrets() -> Response:
     outcomes = list(listing.agents)
     for start in range(0, len(paths), EXPORT_BATCH):
         batch = paths[start : start + EXPORT_BATCH]
-        for path, outcome in agents.read_many(batch).items():
+        for path, outcome in agents.read_many_outcomes(batch).items():
             try:
                 secret = outcome.require()
             except HsmdError as exc:
