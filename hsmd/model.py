@@ -238,6 +238,15 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class WriteResult:
+    """What a write did: the checksum now stored, and whether anything changed (an identical
+    write stores nothing)."""
+
+    checksum: str
+    changed: bool
+
+
+@dataclass(frozen=True)
 class PinStatus:
     """PIN state flags as the token reports them (CKF_USER_PIN_*)."""
 

@@ -22,7 +22,7 @@ from hsmd import model
 from hsmd.agent import convert
 from hsmd.agent.errors import error_from_rpc, is_unimplemented
 from hsmd.errors import AlreadyExists, Conflict, HsmdError, InvalidArgument, NotFound, Unavailable, error_from_code
-from hsmd.model import PinStatus, Secret, SecretMetadata, TokenInfo
+from hsmd.model import PinStatus, Secret, SecretMetadata, TokenInfo, WriteResult
 from hsmd.proto.hsm.v1 import hsm_pb2, hsm_pb2_grpc
 
 T = TypeVar("T")
@@ -39,14 +39,6 @@ class ClientTLS:
     cert_file: str | None = None
     key_file: str | None = None
     server_name: str | None = None  # expected name in the agent's certificate, if not the address host
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What a write did: the checksum now on the token, and whether anything changed."""
-
-    checksum: str
-    changed: bool
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ The only package that imports PyKCS11 (tests/test_layers.py). Everything else us
 
 from __future__ import annotations
 
-from hsmd.pkcs11.token import Token, TokenConfig, WriteResult
+from hsmd.model import WriteResult
+from hsmd.pkcs11.token import Token, TokenConfig
 
 __all__ = ["Token", "TokenConfig", "WriteResult"]

@@ -58,6 +58,7 @@ from hsmd.model import (
     Secret,
     SecretMetadata,
     TokenInfo,
+    WriteResult,
     checksum,
     data_type_oid,
     path_matches_prefix,
@@ -103,12 +104,6 @@ class TokenConfig:
     profile: str = "generic"
     sessions: int = 4
     index_ttl: float = 2.0  # seconds reads trust the object index (see the module docstring)
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    checksum: str
-    changed: bool
 
 
 @dataclass
