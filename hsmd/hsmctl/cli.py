@@ -440,18 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cacert", default=os.environ.get("HSMCTL_CACERT"), help="CA bundle for an https broker")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
+    # -o also after the command, as with kubectl (`hsmctl get team/db -o yaml`)
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=("text", "json", "yaml"), default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("list", help="list secret paths")
+    s = sub.add_parser("list", parents=[output], help="list secret paths")
     s.add_argument("--prefix", default="")
     s.set_defaults(func=cmd_list)
 
-    s = sub.add_parser("get", help="show a secret")
+    s = sub.add_parser("get", parents=[output], help="show a secret")
     s.add_argument("path")
     s.add_argument("--key", help="write only this key's raw value to stdout")
     s.set_defaults(func=cmd_get)
 
-    s = sub.add_parser("create", help="create a secret (--overwrite: create or replace)")
+    s = sub.add_parser("create", parents=[output], help="create a secret (--overwrite: create or replace)")
     s.add_argument("path")
     s.add_argument("--from-literal", action="append", metavar="KEY=VALUE")
     s.add_argument("--from-file", action="append", metavar="[KEY=]PATH")
@@ -462,32 +465,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace the secret if it exists")
     s.set_defaults(func=cmd_create)
 
-    s = sub.add_parser("edit", help="edit a secret in $EDITOR (decoded YAML view)")
+    s = sub.add_parser("edit", parents=[output], help="edit a secret in $EDITOR (decoded YAML view)")
     s.add_argument("path")
     s.set_defaults(func=cmd_edit)
 
-    s = sub.add_parser("delete", help="delete a secret, or one key")
+    s = sub.add_parser("delete", parents=[output], help="delete a secret, or one key")
     s.add_argument("path")
     s.add_argument("--key")
     s.set_defaults(func=cmd_delete)
 
-    s = sub.add_parser("import", help="write the secrets of an export file (JSON or YAML; '-' = stdin)")
+    s = sub.add_parser(
+        "import", parents=[output], help="write the secrets of an export file (JSON or YAML; '-' = stdin)"
+    )
     s.add_argument("file")
     s.add_argument("--overwrite", action="store_true", help="replace secrets that exist")
     s.set_defaults(func=cmd_import)
 
-    s = sub.add_parser("export", help="write every secret you may export (values base64)")
+    s = sub.add_parser("export", parents=[output], help="write every secret you may export (values base64)")
     s.add_argument("--prefix", default="")
     s.add_argument("--output-file", help="write here (mode 0600) instead of stdout")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("devices", help="the pool's devices, token info and PIN flags")
+    s = sub.add_parser("devices", parents=[output], help="the pool's devices, token info and PIN flags")
     s.set_defaults(func=cmd_devices)
 
-    s = sub.add_parser("health", help="broker health (no token needed)")
+    s = sub.add_parser("health", parents=[output], help="broker health (no token needed)")
     s.set_defaults(func=cmd_health, public=True)
 
-    s = sub.add_parser("rotate-pin", help="change the user PIN of the pool's devices (PINs from files/env)")
+    s = sub.add_parser(
+        "rotate-pin", parents=[output], help="change the user PIN of the pool's devices (PINs from files/env)"
+    )
     s.add_argument("--old-pin-file")
     s.add_argument("--old-pin-env", metavar="VAR")
     s.add_argument("--new-pin-file")
