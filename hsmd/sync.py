@@ -8,9 +8,13 @@ agent (or AgentSet) and one Kubernetes ApiClient, and for N objects:
    path checked against the access policy (``Policy.allows(namespace, "get", path)``; denied ones
    get Forbidden, are never read and never get a Secret);
 2. the allowed paths are read in batch RPCs (``agent.read_many``, chunks of ``read_chunk``);
-3. the Secrets hsmd manages are listed once per namespace (label selector
-   ``app.kubernetes.io/managed-by=hsmd``) — a Secret we do not manage shows up only when a create
-   answers 409, and is then read and reported as a Conflict, never touched;
+3. the existing Secrets are looked at: for a namespace with many objects, the Secrets hsmd manages
+   there are listed once (label selector ``app.kubernetes.io/managed-by=hsmd``) — a Secret we do
+   not manage shows up only when a create answers 409, and is then read and reported as a
+   Conflict, never touched; for a few objects (``small_batch``, the operator's usual fast-path
+   batch of one) each target Secret is read with a GET and only those objects' own Secrets are
+   listed (by label, to find Secrets left under an old ``secretName``), in parallel — the same
+   outcomes without reading the whole namespace;
 4. ``hsmd.render.decide`` says create / patch / replace / delete / nothing / conflict, and only the
    Secrets that differ are written (in parallel, ``max_workers`` requests at a time), patches
    carrying the resourceVersion they were computed against;
@@ -59,6 +63,8 @@ log = logging.getLogger("hsmd.sync")
 MERGE_PATCH = kube.MERGE_PATCH
 DEFAULT_WORKERS = 8
 DEFAULT_READ_CHUNK = 500
+# Up to this many objects in a namespace, GET their Secrets instead of listing the namespace's.
+DEFAULT_SMALL_BATCH = 20
 COMPONENT = "hsmd"
 
 
@@ -238,11 +244,14 @@ def sync_batch(
     dry_run: bool = False,
     max_workers: int = DEFAULT_WORKERS,
     read_chunk: int = DEFAULT_READ_CHUNK,
+    small_batch: int = DEFAULT_SMALL_BATCH,
 ) -> list[SyncOutcome]:
     """Sync a batch of HSMSecret objects (dicts as the API returns them); one outcome each, in order.
 
     ``policy`` None means the operator default (namespace N may sync ``N/**``). ``dry_run``
-    decides everything (reading what exists) but writes nothing. Never raises for a per-object
+    decides everything (reading what exists) but writes nothing. ``small_batch``: up to this many
+    objects in a namespace, their Secrets are fetched one by one instead of listing every Secret
+    hsmd manages there (same outcomes; see ``_find_existing``). Never raises for a per-object
     problem; raises only for programming errors.
     """
     policy = policy if policy is not None else Policy.operator_default()
@@ -263,7 +272,7 @@ def sync_batch(
         active.append(item)
 
     _read_sources(agent, [i for i in active if i.allowed], read_chunk)
-    _find_existing(secrets, active, max_workers)
+    _find_existing(secrets, active, max_workers, small_batch)
     for item in active:
         assert item.target is not None
         if item.failure is not None:
@@ -303,49 +312,92 @@ def _read_sources(agent: SecretReader | None, items: list[_Item], chunk: int) ->
                 item.source = result
 
 
-def _find_existing(secrets: _Secrets, items: list[_Item], workers: int) -> None:
-    """Owned Secrets by one labelled list per namespace; per-object GETs if listing is refused."""
-    namespaces = sorted({i.target.namespace for i in items if i.target is not None})
-    listed: dict[str, dict[str, dict[str, Any]] | HsmdError] = {}
-    by_owner: dict[str, list[dict[str, Any]]] = {}  # controller uid -> Secrets (for renamed targets)
-    for namespace in namespaces:
+def _find_existing(secrets: _Secrets, items: list[_Item], workers: int, small_batch: int) -> None:
+    """The existing target Secret of each item, and the Secrets it still controls under an old name.
+
+    A namespace with at most ``small_batch`` items: one GET per target Secret plus one list of just
+    those HSMSecrets' Secrets (label ``hsm.j5t.io/hsmsecret in (...)``, for renamed targets), all in
+    parallel - a batch of one costs two small requests, not a list of the whole namespace. A larger
+    namespace: one labelled list of every Secret hsmd manages there (per-object GETs if listing is
+    refused). Either way the same Secrets are found, so the decisions are the same."""
+    by_namespace: dict[str, list[_Item]] = {}
+    for item in items:
+        assert item.target is not None
+        by_namespace.setdefault(item.target.namespace, []).append(item)
+    need_get: list[_Item] = []
+    owner_lists: list[tuple[str, list[_Item]]] = []
+    for namespace in sorted(by_namespace):
+        members = by_namespace[namespace]
+        if len(members) <= small_batch:
+            need_get.extend(members)
+            owner_lists.append((namespace, members))
+            continue
         try:
             found = secrets.list_managed(namespace)
         except Exception as exc:
-            listed[namespace] = api_error(exc, f"listing Secrets in {namespace}")
+            error = api_error(exc, f"listing Secrets in {namespace}")
+            for item in members:
+                if isinstance(error, Forbidden):
+                    need_get.append(item)  # RBAC without list: fall back to GETs
+                else:
+                    item.failure = error
             continue
-        listed[namespace] = {s["metadata"]["name"]: s for s in found}
-        for secret in found:
-            ref = render.controller_of(secret)
-            if ref is not None and ref.get("uid"):
-                by_owner.setdefault(str(ref["uid"]), []).append(secret)
+        index = {s["metadata"]["name"]: s for s in found}
+        by_owner = _by_owner(found)
+        for item in members:
+            assert item.target is not None
+            item.existing = index.get(item.target.secret_name)
+            item.orphans = _orphans(item, by_owner)
 
-    need_get: list[_Item] = []
-    for item in items:
-        assert item.target is not None
-        index = listed[item.target.namespace]
-        if isinstance(index, HsmdError):
-            if isinstance(index, Forbidden):
-                need_get.append(item)  # RBAC without list: fall back to GETs
+    def fetch(it: _Item) -> None:
+        assert it.target is not None
+        try:
+            it.existing = secrets.get(it.target.namespace, it.target.secret_name)
+        except Exception as exc:
+            it.failure = api_error(exc, f"reading Secret {it.target.namespace}/{it.target.secret_name}")
+
+    def owned(namespace: str, members: list[_Item]) -> tuple[list[_Item], dict[str, list[dict[str, Any]]] | HsmdError]:
+        names = sorted({render._label_value(m.target.name) for m in members if m.target is not None})
+        selector = f"{render.MANAGED_SELECTOR},{render.HSMSECRET_LABEL} in ({','.join(names)})"
+        try:
+            return members, _by_owner(secrets.list_managed(namespace, selector))
+        except Exception as exc:
+            return members, api_error(exc, f"listing Secrets in {namespace}")
+
+    if not need_get:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        lists = [pool.submit(owned, namespace, members) for namespace, members in owner_lists]
+        list(pool.map(fetch, need_get))
+        results = [f.result() for f in lists]
+    for members, found_or_error in results:
+        for item in members:
+            if isinstance(found_or_error, Forbidden):
+                continue  # RBAC without list: like the fallback above, no search for old names
+            if isinstance(found_or_error, HsmdError):
+                item.failure = item.failure or found_or_error
             else:
-                item.failure = index
-            continue
-        item.existing = index.get(item.target.secret_name)
-        # Secrets this HSMSecret still controls under an old name (spec.secretName changed)
-        item.orphans = [
-            s for s in by_owner.get(item.target.uid, ())
-            if s["metadata"]["name"] != item.target.secret_name and render.is_owned_by(s, item.target)
-        ]
-    if need_get:
-        def fetch(it: _Item) -> None:
-            assert it.target is not None
-            try:
-                it.existing = secrets.get(it.target.namespace, it.target.secret_name)
-            except Exception as exc:
-                it.failure = api_error(exc, f"reading Secret {it.target.namespace}/{it.target.secret_name}")
+                item.orphans = _orphans(item, found_or_error)
 
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(fetch, need_get))
+
+def _by_owner(secrets: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Secrets by the uid of their controller (for targets that were renamed)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for secret in secrets:
+        ref = render.controller_of(secret)
+        if ref is not None and ref.get("uid"):
+            out.setdefault(str(ref["uid"]), []).append(secret)
+    return out
+
+
+def _orphans(item: _Item, by_owner: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Secrets this HSMSecret still controls under an old name (spec.secretName changed)."""
+    target = item.target
+    assert target is not None
+    return [
+        s for s in by_owner.get(target.uid, ())
+        if s["metadata"]["name"] != target.secret_name and render.is_owned_by(s, target)
+    ]
 
 
 def _apply(secrets: _Secrets, item: _Item, dry_run: bool) -> None:

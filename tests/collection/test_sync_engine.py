@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +292,86 @@ def test_agent_set_partial_outage_never_deletes(api: Any, module_agent: RunningA
             assert decoded(get_secret(api, ns, "mirrored")) == {"k": b"same-on-both"}
         finally:
             pool.close()
+
+
+FIXED_NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _two_rounds(api: Any, agent: AgentClient, ns: str, small_batch: int) -> list[list[sync.SyncOutcome]]:
+    """One scenario, two syncs: creates first; then unchanged, edited by hand, renamed target (old
+    Secret deleted), source gone with Delete, a Secret we do not manage at all and one labelled as
+    ours but not owned (both Conflict, untouched), a missing Secret for a new object, a missing
+    source, a forbidden path."""
+    core = k8s.CoreV1Api(api)
+    custom = k8s.CustomObjectsApi(api)
+    for name in ("fresh", "same", "edited", "unowned", "labelled", "renamed", "dropped"):
+        agent.write(f"{ns}/{name}", {"k": f"{name}-v1".encode()})
+    first = [create_hsmsecret(api, ns, "same"), create_hsmsecret(api, ns, "edited"),
+             create_hsmsecret(api, ns, "renamed", secretName="renamed-old"),
+             create_hsmsecret(api, ns, "dropped", deletionPolicy="Delete")]
+    round1 = run(api, agent, first, small_batch=small_batch, now=FIXED_NOW)
+
+    core.patch_namespaced_secret("edited", ns, {"data": {"k": base64.b64encode(b"by-hand").decode()}})
+    custom.patch_namespaced_custom_object(render.GROUP, render.VERSION, ns, render.PLURAL, "renamed",
+                                          {"spec": {"secretName": "renamed-new"}})
+    agent.delete(f"{ns}/dropped")
+    core.create_namespaced_secret(ns, {"metadata": {"name": "unowned"},
+                                       "data": {"mine": base64.b64encode(b"keep-me").decode()}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "labelled", "labels": {render.MANAGED_BY_LABEL: "hsmd"}},
+                                       "data": {"mine": base64.b64encode(b"keep-me-too").decode()}})
+    for name, spec in (("unowned", {"deletionPolicy": "Delete"}), ("labelled", {}), ("fresh", {}),
+                       ("missing", {}), ("forbidden", {"hsmPath": "other-team/x"})):
+        create_hsmsecret(api, ns, name, **spec)
+    names = ["same", "edited", "renamed", "dropped", "unowned", "labelled", "fresh", "missing", "forbidden"]
+    round2 = run(api, agent, [get_hsmsecret(api, ns, n) for n in names], small_batch=small_batch, now=FIXED_NOW)
+    return [round1, round2]
+
+
+def _comparable(outcomes: list[sync.SyncOutcome], ns: str) -> list[Any]:
+    out = []
+    for outcome in outcomes:
+        doc = outcome.to_dict()
+        doc.pop("uid")
+        out.append(json.loads(json.dumps(doc).replace(ns, "NS")))
+    return out
+
+
+def _cluster_state(api: Any, ns: str) -> dict[str, Any]:
+    secrets = k8s.CoreV1Api(api).list_namespaced_secret(ns).items
+    return {s.metadata.name: (s.data, s.type, s.metadata.labels,
+                              [(r.kind, r.name) for r in s.metadata.owner_references or []]) for s in secrets}
+
+
+def test_small_and_large_batches_give_identical_outcomes(api: Any, agent: AgentClient, ns: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few objects per namespace: their Secrets are fetched by GET (plus a list of just their own
+    Secrets, for renamed targets); many: one list of the namespace. Same outcomes, same cluster."""
+    lists: list[tuple[str, str]] = []
+    real_list = sync._Secrets.list_managed
+
+    def spy(self: Any, namespace: str, selector: str = render.MANAGED_SELECTOR) -> list[dict[str, Any]]:
+        lists.append((namespace, selector))
+        return real_list(self, namespace, selector)
+
+    monkeypatch.setattr(sync._Secrets, "list_managed", spy)
+    ns_get = f"{ns}-get"
+    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": ns_get}})
+
+    listed = _two_rounds(api, agent, ns, small_batch=0)
+    assert {sel for n, sel in lists if n == ns} == {render.MANAGED_SELECTOR}  # the whole namespace, per batch
+    fetched = _two_rounds(api, agent, ns_get, small_batch=sync.DEFAULT_SMALL_BATCH)
+    own = [sel for n, sel in lists if n == ns_get]
+    assert len(own) == 2 and all(f"{render.HSMSECRET_LABEL} in (" in sel for sel in own)  # only the batch's own
+
+    for by_list, by_get in zip(listed, fetched, strict=True):
+        assert _comparable(by_list, ns) == _comparable(by_get, ns_get)
+    assert [(o.name, o.reason, o.action) for o in fetched[1]] == [
+        ("same", "Synced", "unchanged"), ("edited", "Synced", "updated"), ("renamed", "Synced", "created"),
+        ("dropped", "SourceMissing", "deleted"), ("unowned", "Conflict", "conflict"),
+        ("labelled", "Conflict", "conflict"), ("fresh", "Synced", "created"),
+        ("missing", "SourceMissing", "unchanged"), ("forbidden", "Forbidden", "unchanged")]
+    state = _cluster_state(api, ns_get)
+    assert state == _cluster_state(api, ns)
+    assert "renamed-old" not in state and "dropped" not in state and "missing" not in state
+    assert decoded(get_secret(api, ns_get, "unowned")) == {"mine": b"keep-me"}
+    assert decoded(get_secret(api, ns_get, "labelled")) == {"mine": b"keep-me-too"}
