@@ -602,10 +602,7 @@ class HSMSecretController(KindController):
         out: list[tuple[list[Obj], dict[str, Any]]] = []
         for addresses, members in groups.items():
             extra = dict(self.operator.role_vars)
-            if addresses:
-                # The module reads through one agent; with mirrors, the first (the fast path
-                # resolves across all of them).
-                extra["hsm_secret_agent"] = addresses[0]
+            extra.update(agent_vars(addresses))
             out.append((members, extra))
         return out
 
@@ -1077,6 +1074,17 @@ class Operator:
             c.kind: {"objects": len(c.informer), "queued": c.queue.depth(), "in_flight": c.queue.processing()}
             for c in self.controllers
         }
+
+
+def agent_vars(addresses: Sequence[str]) -> dict[str, Any]:
+    """The role's agent variables for a group: one agent as ``hsm_secret_agent``; the mirrors of a
+    pool as ``hsm_secret_agents``, so the module resolves reads across all of them like the fast path
+    does (a secret missing while one mirror is down is Unavailable there, never SourceMissing)."""
+    if not addresses:
+        return {}
+    if len(addresses) == 1:
+        return {"hsm_secret_agent": addresses[0]}
+    return {"hsm_secret_agents": list(addresses)}
 
 
 def _resource_for(api: Any, watch: Watch) -> kube.Resource:

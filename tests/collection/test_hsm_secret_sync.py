@@ -218,3 +218,61 @@ def test_hsm_secret_role_batch_single_and_finalizer(api: Any, module_agent: Runn
     status = custom.get_namespaced_custom_object(render.GROUP, render.VERSION, ns, render.PLURAL, "batch0")["status"]
     assert status["conditions"][0]["reason"] == "Unavailable"
     run.assert_never_wrote(["role-value-Op0l"])
+
+
+def test_hsm_secret_role_reads_through_every_mirror(api: Any, module_agent: RunningAgent, sandbox: SandboxHandle,
+                                                    ns: str, tmp_path: Path) -> None:
+    """hsm_secret_agents (what the operator passes for a pool of several agents): both agents up, the
+    batch is Synced; one stopped while the other lacks a secret, that secret is Unavailable (the run
+    fails so it is retried) and its Secret is kept despite deletionPolicy Delete; back up, Synced.
+    HSMD_AGENT in the environment (the operator sets it) never joins the list."""
+    values = ["mirror-value-Zx3c", "mirror-value-Vb6n"]
+    playbook = (ROOT / "playbooks" / "hsm_secret.yml").read_text()
+    task = "Sync the HSMSecrets with the HSM"
+    custom = k8s.CustomObjectsApi(api)
+    token = make_agent_token(tmp_path / "token2")
+    first = module_agent.client()
+    with start_agent(token.token, pin_file=token.pin_file, workdir=tmp_path / "agent2",
+                     device_profile="softhsm") as second:
+        address = second.address
+        for client in (first, second.client()):
+            client.write(f"{ns}/kept", {"k": values[0].encode()})
+            client.write(f"{ns}/gone", {"k": values[1].encode()})
+        names = ["kept", "gone"]
+        for name in names:
+            create_hsmsecret(api, ns, name, deletionPolicy="Delete")
+        common = {"hsm_secret_agents": [module_agent.address, address], "hsm_secret_kubeconfig": sandbox.kubeconfig}
+        env = {"HSMD_AGENT": "127.0.0.1:9"}  # nothing listens there; it must not become a third mirror
+
+        def batch() -> list[dict[str, Any]]:
+            return [custom.get_namespaced_custom_object(render.GROUP, render.VERSION, ns, render.PLURAL, n)
+                    for n in names]
+
+        def reasons(results: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+            return {n: (r["reason"], r["action"]) for n, r in by_name(results).items()}
+
+        run = run_playbook(tmp_path / "both", playbook, extravars={**common, "hsm_batch": batch()}, env=env)
+        assert run.rc == 0, run.stdout[-4000:]
+        assert reasons(run.result(task)["results"]) == {"kept": ("Synced", "created"), "gone": ("Synced", "created")}
+        args = run.result(task)["invocation"]["module_args"]
+        assert (args["agent"], args["agents"]) == ("", [module_agent.address, address])  # not HSMD_AGENT
+
+        second.terminate()
+        first.delete(f"{ns}/gone")
+        run = run_playbook(tmp_path / "one-down", playbook, extravars={**common, "hsm_batch": batch()}, env=env)
+        assert run.rc != 0 and task in run.failed, run.stdout[-4000:]
+        assert reasons(run.failed[task]["results"]) == {"kept": ("Synced", "unchanged"),
+                                                        "gone": ("Unavailable", "unchanged")}
+        assert secrets_in(api, ns) == {"kept": {"k": values[0].encode()}, "gone": {"k": values[1].encode()}}
+        statuses = {o["metadata"]["name"]: o["status"] for o in batch()}
+        assert statuses["gone"]["conditions"][0]["reason"] == "Unavailable"
+        assert statuses["kept"]["conditions"][0]["reason"] == "Synced"
+
+        with start_agent(token.token, pin_file=token.pin_file, workdir=tmp_path / "agent2-again", listen=address,
+                         device_profile="softhsm"):
+            run = run_playbook(tmp_path / "back", playbook, extravars={**common, "hsm_batch": batch()}, env=env)
+        assert run.rc == 0, run.stdout[-4000:]
+        # two mirrors, one without the secret: the version present wins (resolve_versions), nothing deleted
+        assert reasons(run.result(task)["results"]) == {"kept": ("Synced", "unchanged"), "gone": ("Synced", "unchanged")}
+        assert sorted(secrets_in(api, ns)) == ["gone", "kept"]
+        run.assert_never_wrote(values)

@@ -219,3 +219,53 @@ def test_agents_are_found_through_the_pool_without_static_agents(chaos: tuple[St
         stack.wait_data(names, {"via": b"pool-change-stream"}, timeout=60)
         assert op.metric_sum("hsmd_agent_change_events_total", kind="written") > written  # the pool agent's stream
         stack.operator = None
+
+
+def test_mirrored_agents_role_reads_every_mirror_and_an_outage_deletes_nothing(chaos: tuple[Stack, Agent],
+                                                                              names: str) -> None:
+    """Two --agent mirrors: the role gets both (hsm_secret_agents), so a secret that only the mirror
+    sorted last holds (the role used to get the first one) reaches its Secret through the role lane.
+    With that mirror stopped, a secret the other one lacks is Unavailable (resync checksums and the
+    sync alike) and no Secret is deleted, even with deletionPolicy Delete; back up, Synced again."""
+    stack, first = chaos
+    mirror = Agent(make_agent_token(stack.workdir / f"{names}-token"), stack.workdir / f"{names}-agent")
+    mirror.start()
+    by_address = {stack.agent.address: first, mirror.listen: mirror}
+    holder_address, other_address = max(by_address), min(by_address)
+    holder = by_address[holder_address]
+    clients = {a.listen: a.running.client() for a in by_address.values() if a.running is not None}
+    clients[holder_address].write(stack.path(f"{names}-only"), {"v": b"one-mirror"})
+    for client in clients.values():
+        client.write(stack.path(f"{names}-both"), {"v": b"both"})
+    try:
+        stack.create(f"{names}-only")
+        stack.create(f"{names}-both", deletionPolicy="Delete")
+        with start_operator(stack.kubeconfig, list(by_address), stack.workdir / "op-mirrors") as op:
+            stack.operator = op
+            stack.wait_data(f"{names}-only", {"v": b"one-mirror"}, timeout=120)
+            stack.wait_data(f"{names}-both", {"v": b"both"}, timeout=60)
+            stack.wait_reason(f"{names}-both", "Synced")
+            assert op.ansible_runs() >= 1  # new objects go through the role
+            # ... which read both mirrors: never SourceMissing on the way (the fast path would mend that later)
+            assert [e["reason"] for e in stack.events(f"{names}-only")] == ["Synced"]
+
+            holder.stop()
+            clients[other_address].delete(stack.path(f"{names}-both"))
+            op.process.send_signal(signal.SIGUSR1)  # resync now
+            stack.wait_reason(f"{names}-both", "Unavailable", timeout=60)
+            stack.wait_reason(f"{names}-only", "Unavailable", timeout=60)
+            time.sleep(1)
+            assert stack.secret_data(f"{names}-both") == {"v": b"both"}
+            assert stack.secret_data(f"{names}-only") == {"v": b"one-mirror"}
+
+            holder.start()  # same port, same token: the mirrors disagree, the present version wins
+            stack.wait_reason(f"{names}-both", "Synced", timeout=60)
+            stack.wait_reason(f"{names}-only", "Synced", timeout=60)
+            assert stack.secret_data(f"{names}-both") == {"v": b"both"}
+            stack.operator = None
+    finally:
+        if first.running is None:
+            first.start()
+        if first.running is not None:
+            stack.agent = first.running
+        mirror.stop()
