@@ -15,7 +15,7 @@ options:
     description:
       - Address C(HOST:PORT) of an hsmd agent (gRPC, C(hsm.v1.HSMAgent)).
       - Exactly one of O(agent) and O(pkcs11_library) is required.
-      - The environment variable E(HSMD_AGENT) is used when this is not set.
+      - The environment variable E(HSMD_AGENT) is used when neither this nor O(agents) (where a module has it) is set.
     type: str
   agent_ca_file:
     description:

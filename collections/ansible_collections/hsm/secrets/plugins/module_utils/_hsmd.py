@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
@@ -63,10 +64,10 @@ def backend_argument_spec():
     """Options choosing where secrets are read and written: an agent (gRPC, optional mTLS) or a
     PKCS#11 token opened directly (on the node that has the device). See doc fragment
     hsm.secrets.backend."""
-    from ansible.module_utils.basic import env_fallback
 
     return dict(
-        agent=dict(type="str", fallback=(env_fallback, ["HSMD_AGENT"])),
+        # HSMD_AGENT applies only when neither agent nor agents is given (see backend_from_params)
+        agent=dict(type="str"),
         agent_ca_file=dict(type="path"),
         agent_cert_file=dict(type="path"),
         agent_key_file=dict(type="path", no_log=False),
@@ -109,7 +110,8 @@ def backend_from_params(module):
     p = module.params
     try:
         # ``agents`` (several agents mirroring one pool) exists only in modules that declare it
-        addresses = ([p["agent"]] if p.get("agent") else []) + list(p.get("agents") or [])
+        agent = p.get("agent") or (None if p.get("agents") else os.environ.get("HSMD_AGENT"))
+        addresses = ([agent] if agent else []) + list(p.get("agents") or [])
         if addresses:
             client = import_hsmd("agent.client")
             tls = None
