@@ -30,7 +30,7 @@ import yaml
 from hsmd.sandbox import managed, strategies
 from hsmd.sandbox import schema as structural
 from hsmd.sandbox.auth import API_AUDIENCES, Authenticator, AuthFailure, UserInfo, load_token_file
-from hsmd.sandbox.patch import json_patch, merge_patch, parse_json, strategic_merge
+from hsmd.sandbox.patch import json_patch, parse_json, strategic_merge
 from hsmd.sandbox.rbac import BOOTSTRAP, authorize
 from hsmd.sandbox.resources import Registry, ResourceType, builtin_types, from_crd
 from hsmd.sandbox.selectors import field_matcher, label_matcher
@@ -48,6 +48,7 @@ from hsmd.sandbox.status import (
     unsupported_media,
 )
 from hsmd.sandbox.store import ADDED, MODIFIED, Store, Stored, dumps
+from hsmd.status import merge_patch
 
 log = logging.getLogger("hsmd.sandbox")
 

@@ -51,16 +51,7 @@ def invalid_patch(message: str) -> StatusError:
 # --- JSON merge patch -------------------------------------------------------------------
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+# JSON merge patch (RFC 7386) is hsmd.status.merge_patch: one implementation for all of hsmd.
 
 
 # --- JSON patch -------------------------------------------------------------------------

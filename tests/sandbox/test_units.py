@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from hsmd.sandbox import managed, protobuf, schema, selectors, tables
-from hsmd.sandbox.patch import json_patch, merge_patch, strategic_merge
+from hsmd.sandbox.patch import json_patch, strategic_merge
 from hsmd.sandbox.status import StatusError
 from hsmd.sandbox.store import ADDED, Store
+from hsmd.status import merge_patch
 
 
 @pytest.mark.parametrize(("selector", "labels", "expected"), [
