@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import pytest
 from kubernetes import client as k8s
 
 from hsmd import model, render
-from hsmd.kube import install_crds
 from hsmd.sandbox import SandboxHandle
 from tests.collection.playbook import localhost_play, run_playbook
 from tests.fixtures.agent import RunningAgent, make_agent_token, start_agent
@@ -34,22 +32,6 @@ SECRET_VALUES = ["conflict-value-Tg5h", "retain-value-Wq1e", "delete-value-Rf4d"
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-@pytest.fixture(scope="module")
-def module_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
-    root = tmp_path_factory.mktemp("sync-module-agent")
-    token = make_agent_token(root / "token")
-    with start_agent(token.token, pin_file=token.pin_file, workdir=root / "agent", device_profile="softhsm") as agent:
-        yield agent
-
-
-@pytest.fixture(scope="module")
-def api(sandbox: SandboxHandle) -> Iterator[Any]:
-    client = sandbox.api_client()
-    install_crds(client)
-    yield client
-    client.close()
 
 
 @pytest.fixture

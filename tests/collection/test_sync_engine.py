@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,29 +21,11 @@ from kubernetes import client as k8s
 from hsmd import model, render, sync
 from hsmd.agent.client import AgentClient
 from hsmd.errors import Unavailable
-from hsmd.kube import install_crds
 from hsmd.policy import Policy
-from hsmd.sandbox import SandboxHandle
 from tests.fixtures.agent import RunningAgent, make_agent_token, start_agent
 
 pytestmark = pytest.mark.slow
 _ns = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def module_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
-    root = tmp_path_factory.mktemp("sync-agent")
-    token = make_agent_token(root / "token")
-    with start_agent(token.token, pin_file=token.pin_file, workdir=root / "agent", device_profile="softhsm") as agent:
-        yield agent
-
-
-@pytest.fixture(scope="module")
-def api(sandbox: SandboxHandle) -> Iterator[Any]:
-    client = sandbox.api_client()
-    install_crds(client)
-    yield client
-    client.close()
 
 
 @pytest.fixture
