@@ -250,6 +250,19 @@ def _resolve_role(role: object, where: str, base_dir: Path, environ: Mapping[str
     raise InvalidArgument(f"{where}: role {role!r} was not found (looked in {tried})")
 
 
+def _role_or_playbook(raw: Mapping[str, Any], where: str, base_dir: Path, environ: Mapping[str, str],
+                      collections: Sequence[Path]) -> tuple[str | None, str | None]:
+    """(role, playbook) of a watch or finalizer entry: at most one of them, resolved; (None, None)
+    when neither is given (whether that is allowed is the caller's rule)."""
+    if raw.get("role") and raw.get("playbook"):
+        raise InvalidArgument(f"{where}: give either role or playbook, not both")
+    if raw.get("playbook"):
+        return None, _resolve_playbook(raw["playbook"], where, base_dir)
+    if raw.get("role"):
+        return _resolve_role(raw["role"], where, base_dir, environ, collections), None
+    return None, None
+
+
 def _resolve_playbook(playbook: object, where: str, base_dir: Path) -> str:
     if not isinstance(playbook, str) or not playbook:
         raise InvalidArgument(f"{where}: playbook must be a non-empty string")
@@ -303,14 +316,8 @@ def parse_watch(
     if not isinstance(kind, str) or not kind:
         raise InvalidArgument(f"{where}: kind must not be empty")
     where = f"{where} ({kind})"
-    role = playbook = None
-    if raw.get("role") and raw.get("playbook"):
-        raise InvalidArgument(f"{where}: give either role or playbook, not both")
-    if raw.get("playbook"):
-        playbook = _resolve_playbook(raw["playbook"], where, base_dir)
-    elif raw.get("role"):
-        role = _resolve_role(raw["role"], where, base_dir, environ, collection_paths)
-    else:
+    role, playbook = _role_or_playbook(raw, where, base_dir, environ, collection_paths)
+    if role is None and playbook is None:
         raise InvalidArgument(f"{where}: must specify role or playbook")
 
     finalizer = None
@@ -325,14 +332,8 @@ def parse_watch(
         if not isinstance(fin.get("name"), str) or not fin.get("name"):
             raise InvalidArgument(f"{fwhere}: finalizer must have a name")
         fvars = _vars(fin, fwhere)
-        frole = fplaybook = None
-        if fin.get("role") and fin.get("playbook"):
-            raise InvalidArgument(f"{fwhere}: give either role or playbook, not both")
-        if fin.get("playbook"):
-            fplaybook = _resolve_playbook(fin["playbook"], fwhere, base_dir)
-        elif fin.get("role"):
-            frole = _resolve_role(fin["role"], fwhere, base_dir, environ, collection_paths)
-        elif not fvars:
+        frole, fplaybook = _role_or_playbook(fin, fwhere, base_dir, environ, collection_paths)
+        if frole is None and fplaybook is None and not fvars:
             # operator-sdk: without its own role/playbook a finalizer reuses the watch's with its vars
             raise InvalidArgument(f"{fwhere}: needs a role, a playbook or vars")
         tasks_from = fin.get("tasksFrom")
