@@ -22,7 +22,8 @@ Finding objects on a token costs time proportional to the number of objects on i
 rescans its directory on every C_FindObjectsInit: ~25 ms at 1,000 objects), so the token keeps an
 index of handle -> label (and value digest) of our application's objects and trusts it for
 ``index_ttl`` seconds, which bounds how late a change made by another process (e.g. pkcs11-tool)
-becomes visible; an object destroyed behind our back is noticed on first touch. Changes made
+becomes visible; an object destroyed behind our back is noticed on first touch and makes that
+read rebuild the index at once (so a secret replaced by another process reads as its new version). Changes made
 through this Token are visible at once. The agent is the only writer of its token (it holds a
 lock), so the index is authoritative there; ``index_ttl=0`` looks at the token on every call.
 """
@@ -421,23 +422,33 @@ class Token:
             entry.doc = decode_metadata(value)
 
     def _load(self, s: Session, path: str) -> tuple[builtins.list[ObjectRecord], dict[int, bytes]]:
-        """Every object of ``path`` with its value read from the token now."""
-        records: builtins.list[ObjectRecord] = []
-        values: dict[int, bytes] = {}
-        for handle, entry in self._snapshot(path):
-            try:
-                value = s.attributes(handle, [PyKCS11.CKA_VALUE])[0]
-            except PyKCS11.PyKCS11Error as exc:
-                if int(exc.value) != PyKCS11.CKR_OBJECT_HANDLE_INVALID:
-                    raise
-                # destroyed by another process: forget it and look again soon
-                self._forget(handle)
-                self._index_time = -1.0
-                continue
-            value = value or b""
-            self._fill(entry, value)
-            values[handle] = value
-            records.append(self._record(handle, entry))
+        """Every object of ``path`` with its value read from the token now.
+
+        An object destroyed behind our back means another process changed this secret (it replaced
+        it, most likely, with objects the index does not know yet): the index is rebuilt at once and
+        the secret loaded again, so the caller sees the new version, never a secret gone missing."""
+        for attempt in range(2):
+            records: builtins.list[ObjectRecord] = []
+            values: dict[int, bytes] = {}
+            stale = False
+            for handle, entry in self._snapshot(path):
+                try:
+                    value = s.attributes(handle, [PyKCS11.CKA_VALUE])[0]
+                except PyKCS11.PyKCS11Error as exc:
+                    if int(exc.value) != PyKCS11.CKR_OBJECT_HANDLE_INVALID:
+                        raise
+                    self._forget(handle)
+                    stale = True
+                    continue
+                value = value or b""
+                self._fill(entry, value)
+                values[handle] = value
+                records.append(self._record(handle, entry))
+            if not stale:
+                break
+            self._index_time = -1.0
+            if attempt == 0:
+                self._ensure_index(s, 0)
         return records, values
 
     def _visible(self, s: Session, path: str) -> bool:

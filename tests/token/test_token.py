@@ -327,3 +327,20 @@ def test_objects_carry_exactly_the_contract_attributes(hsm_token: Token) -> None
     meta = seen["_metadata"]
     assert meta[:6] == [cko_data, b"\x01", b"\x01", b"\x01", b"hsm-secrets-operator", b"attrs/_metadata"]
     assert meta[6] == data_type_oid("json") and json.loads(meta[7])["dataType"] == "pem"
+
+
+def test_a_secret_replaced_by_another_writer_reads_as_its_new_version_at_once(hsm_token_factory: Factory) -> None:
+    """Another Token (another process, pkcs11-tool) replaces a secret: our index still names the old
+    objects, which are gone. The read notices, rebuilds the index and answers the new version; it
+    never answers NotFound for a secret that exists, and our next write builds on the new version."""
+    ours, info = hsm_token_factory(index_ttl=3600.0)  # trust the index as long as possible
+    ours.write("app/db", {"password": b"v1"})
+    assert ours.read("app/db") == {"password": b"v1"}
+    with Token.open(info.config(index_ttl=0.0)) as other:
+        other.write("app/db", {"password": b"v2", "user": b"app"})
+        assert ours.read("app/db") == {"password": b"v2", "user": b"app"}
+        ours.write("app/db", {"password": b"v3"})
+        assert other.read("app/db") == {"password": b"v3"}
+        other.delete("app/db")
+        with pytest.raises(NotFound):
+            ours.read("app/db")
