@@ -4,12 +4,16 @@ Starts ``pcscd --foreground`` (plus ``--disable-polkit`` when this pcscd build k
 Debian's pcsc-lite 1.9.9 does not), waits for its socket, forwards its output to our JSON log,
 restarts it with backoff when it dies, and stops it with SIGTERM, then SIGKILL after a grace period.
 pcsc-lite 1.9.9's daemon has a fixed socket path (/run/pcscd/pcscd.comm); a pcscd that already
-answers there (the host's, say) is reported instead of fought with.
+answers there (the host's, say) is reported instead of fought with. pcscd gets SIGTERM from the
+kernel when the agent dies without stopping it (PR_SET_PDEATHSIG, Linux): a SIGKILLed agent leaves no
+pcscd behind holding the reader. It is started only from threads that live as long as the
+supervisor (the kernel signals the child when the thread that forked it exits).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -25,6 +29,20 @@ from hsmd.errors import FailedPrecondition
 log = logging.getLogger("hsmd.agent.pcscd")
 
 DEFAULT_SOCKET = "/run/pcscd/pcscd.comm"
+_PR_SET_PDEATHSIG = 1
+
+try:  # loaded here: the child between fork and exec must not load anything
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # not Linux/glibc: no parent-death signal, stop() still stops pcscd
+    _libc = None
+
+
+def _die_with_parent(parent: int) -> None:
+    """preexec_fn: ask for SIGTERM when the agent dies; exit if it already has."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _socket_answers(path: str) -> bool:
@@ -98,8 +116,10 @@ class PcscdSupervisor:
         # A socket nobody answers on is left over from a pcscd that died; it would stop the new one.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        parent = os.getpid()
         process = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: _die_with_parent(parent),  # only a prctl: libc is loaded already
         )
         with self._lock:
             self._process = process

@@ -94,6 +94,19 @@ def test_agent_supervises_pcscd(tmp_path: Path) -> None:
         assert "pcscd stopped" in agent.logs()
 
 
+def test_pcscd_does_not_outlive_a_killed_agent(tmp_path: Path) -> None:
+    """SIGKILL gives the agent no chance to stop pcscd: the kernel's parent-death signal does."""
+    if _answers(DEFAULT_SOCKET):
+        pytest.fail(f"a pcscd not started by this test already answers on {DEFAULT_SOCKET}; stop it first")
+    tok = make_agent_token(tmp_path / "token")
+    with start_agent(tok.token, pin_file=tok.pin_file, workdir=tmp_path / "agent", pcscd=True) as agent:
+        (pcscd,) = _children_named(agent.process.pid, "pcscd")
+        agent.process.kill()
+        agent.process.wait()
+        assert _wait(lambda: not _alive(pcscd)), "pcscd outlived its SIGKILLed agent"
+        assert _wait(lambda: not _answers(DEFAULT_SOCKET))
+
+
 def test_a_running_pcscd_is_not_fought_with(tmp_path: Path) -> None:
     sock_path = str(tmp_path / "pcscd.comm")
     with socket.socket(socket.AF_UNIX) as listener:
