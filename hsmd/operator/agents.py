@@ -9,23 +9,25 @@ from ``hsmd.fanout.agents_from_pool`` and is refreshed every ``pool_ttl`` second
 An ``AgentGroup`` is the ``hsmd.fanout.AgentSet`` of one set of addresses: ``checksums`` is the
 fast path's one batch RPC per agent and ``read_many`` is what ``hsmd.sync.sync_batch`` reads
 through, both resolved across the mirrors the way the AgentSet resolves reads (a path absent on
-the agents that answered while another did not is Unavailable). ``ChangeSubscriber`` follows one
-agent's WatchChanges stream, reconnecting with backoff and resuming from the last sequence.
+the agents that answered while another did not is Unavailable). ``ChangeSubscriber`` (from
+hsmd.changestream, re-exported here) follows one agent's WatchChanges stream, reconnecting with
+backoff and resuming from the last sequence.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hsmd import fanout
-from hsmd.agent.client import AgentClient, Change, ClientTLS
-from hsmd.errors import HsmdError, NotFound, Unavailable
+from hsmd.agent.client import AgentClient, ClientTLS
+from hsmd.changestream import ChangeSubscriber
+from hsmd.errors import HsmdError, NotFound
+
+__all__ = ["AgentGroup", "Agents", "ChangeSubscriber"]
 
 log = logging.getLogger("hsmd.operator.agents")
 
@@ -145,80 +147,3 @@ class Agents:
     def close(self) -> None:
         for group in self.groups():
             group.close()
-
-
-class ChangeSubscriber:
-    """Follows one agent's change stream until stopped; reconnects with backoff.
-
-    ``on_change(address, change)`` gets WRITTEN/DELETED changes; ``on_resync(address, why)`` is
-    called when events may have been missed (RESYNC from the agent, a new epoch, a reconnect)."""
-
-    def __init__(
-        self,
-        client: AgentClient,
-        on_change: Callable[[str, Change], None],
-        on_resync: Callable[[str, str], None],
-        *,
-        backoff_cap: float = 10.0,
-    ) -> None:
-        self.client = client
-        self.on_change = on_change
-        self.on_resync = on_resync
-        self.backoff_cap = backoff_cap
-        self._stop = threading.Event()
-        self._stream: Any = None
-        self._thread = threading.Thread(target=self._run, name=f"changes-{client.address}", daemon=True)
-        self.epoch = ""
-        self.sequence = 0
-        self.connected = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):  # already gone
-                stream.stop()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self._stream = self.client.watch_changes(since=self.sequence if self.epoch else 0)
-                first = True
-                for change in self._stream:
-                    if self._stop.is_set():
-                        break
-                    if first:
-                        first = False
-                        failures = 0
-                        self.connected.set()
-                        if change.epoch != self.epoch:
-                            # a new agent process (or our first connection): we cannot know what changed
-                            if self.epoch:
-                                self.on_resync(self.client.address, "agent restarted")
-                            self.epoch = change.epoch
-                        elif change.kind != "resync" and self.sequence:
-                            pass  # resumed where we left off
-                    if change.kind == "resync":
-                        self.on_resync(self.client.address, "agent asked for a resync")
-                    elif change.kind in ("written", "deleted"):
-                        self.on_change(self.client.address, change)
-                    if change.sequence:
-                        self.sequence = max(self.sequence, change.sequence)
-                if self._stop.is_set():
-                    break
-                raise Unavailable("change stream ended")
-            except Exception as exc:
-                if self._stop.is_set():
-                    break
-                self.connected.clear()
-                failures += 1
-                delay = min(self.backoff_cap, 0.2 * 2 ** min(failures - 1, 8)) * (0.5 + random.random() / 2)
-                if failures == 1 or failures % 10 == 0:
-                    log.warning("agent change stream interrupted", extra={"agent": self.client.address,
-                                                                          "error": str(exc)[:200], "retry_in": delay})
-                self._stop.wait(delay)
