@@ -18,6 +18,13 @@ broker (hsmd.proxy) and the operator talk to a pool through one ``AgentSet``:
   silent agent may hold it, and a caller that took absence for a fact might delete a Secret.
 * a write that does not reach its quorum is never reported as a success: ``WriteOutcome.ok`` is
   False and ``error`` is the domain error to raise (``Unavailable`` when agents were unreachable).
+* optionally (the broker turns it on; off by default, so the operator's AgentGroup never caches)
+  each agent's Secret answers are kept in a short-lived ``hsmd.readcache.ReadCache`` per agent
+  (``AgentReadCache``): reads ask an agent only for what its cache lacks, and resolution across the
+  mirrors still runs on every read. An agent's cache is used only while its change stream
+  (``hsmd.changestream.ChangeSubscriber``) is connected: every WRITTEN/DELETED change invalidates
+  the path, a RESYNC, new epoch, break or reconnect clears it. Writes, deletes and repairs of this
+  process invalidate the path on every agent before they send and again when they finished.
 
 The decisions (``required_acks``, ``resolve_versions``, ``decide_write``) are pure functions; the
 ``AgentSet`` is the I/O around them. ``agents_from_pool`` finds the agent addresses of an HSMPool.
@@ -32,7 +39,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -48,9 +55,11 @@ from hsmd.errors import (
     error_from_code,
 )
 from hsmd.model import Secret, SecretMetadata, TokenInfo, path_matches_prefix
+from hsmd.readcache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TTL, ReadCache, Ticket
 
 if TYPE_CHECKING:
-    from hsmd.agent.client import ClientTLS
+    from hsmd.agent.client import Change, ClientTLS
+    from hsmd.changestream import ChangeSubscriber
 
 log = logging.getLogger("hsmd.fanout")
 
@@ -437,6 +446,111 @@ class ReadCoalescer:
             self._hand_over()
 
 
+# --- per-agent read cache ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadCacheSettings:
+    """The broker's read cache (``--read-cache-ttl``, ``--read-cache-entries``, ``--read-cache-mib``);
+    a ttl, entry or byte bound of 0 turns it off."""
+
+    ttl: float = DEFAULT_TTL
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0 and self.max_entries > 0 and self.max_bytes > 0
+
+
+def secret_size(secret: Secret) -> int:
+    """Bytes a cached Secret holds, roughly (for the cache's byte bound)."""
+    meta = secret.metadata
+    return (
+        200 + len(secret.path) + len(secret.checksum)
+        + sum(len(k) + len(v) for k, v in secret.data.items())
+        + len(meta.description) + len(meta.format) + len(meta.data_type) + len(meta.created_at)
+        + len(meta.source) + sum(len(k) + len(v) for k, v in meta.labels.items())
+    )
+
+
+class AgentReadCache:
+    """One agent's Secret answers, trusted only while that agent's change stream is connected.
+
+    While the stream is down (before its first event, after a break) nothing is served from the
+    cache and no ticket is handed out, so nothing is filled; connecting and breaking both clear it,
+    which also refuses every fill whose ticket was taken before. Entries are shared between readers:
+    callers treat the Secrets as read-only."""
+
+    def __init__(self, address: str, settings: ReadCacheSettings) -> None:
+        self.address = address
+        self.cache: ReadCache[Secret] = ReadCache(
+            settings.ttl, max_entries=settings.max_entries, max_bytes=settings.max_bytes, size_of=secret_size
+        )
+        self.live = False
+        self.subscriber: ChangeSubscriber | None = None
+        self._bypassed = 0  # reads that could not use the cache: the change stream was down
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> Secret | None:
+        if not self.live:
+            with self._lock:
+                self._bypassed += 1
+            return None
+        return self.cache.get(path)
+
+    def ticket(self) -> Ticket | None:
+        """A ticket for a read about to go to the agent; None (do not fill) while the stream is down."""
+        return self.cache.ticket() if self.live else None
+
+    def put(self, path: str, secret: Secret, ticket: Ticket | None) -> None:
+        if ticket is not None:
+            self.cache.put(path, secret, ticket)
+
+    def invalidate(self, path: str) -> None:
+        self.cache.invalidate(path)
+
+    # -- the change stream (ChangeSubscriber callbacks) ------------------------------------------
+
+    def on_change(self, _address: str, change: Change) -> None:
+        self.cache.invalidate(change.path)
+
+    def on_resync(self, _address: str, _why: str) -> None:
+        self.cache.clear()
+
+    def on_connection(self, _address: str, up: bool) -> None:
+        # Up: events may have been missed while down, and a fill whose ticket predates this moment
+        # must be refused: clear first, then trust. Down: stop trusting first, then clear.
+        if up:
+            self.cache.clear()
+            self.live = True
+        else:
+            self.live = False
+            self.cache.clear()
+
+    def follow(self, source: Any) -> None:
+        """Follow ``source``'s change stream (an AgentClient); without one the cache stays unused."""
+        if self.subscriber is not None or not callable(getattr(source, "watch_changes", None)):
+            return
+        from hsmd.changestream import ChangeSubscriber
+
+        self.subscriber = ChangeSubscriber(
+            source, self.on_change, self.on_resync, on_connection=self.on_connection
+        )
+        self.subscriber.start()
+
+    def close(self) -> None:
+        subscriber, self.subscriber = self.subscriber, None
+        if subscriber is not None:
+            subscriber.stop()
+        self.on_connection(self.address, False)
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            bypassed = self._bypassed
+        return {"agent": self.address, "live": self.live, **self.cache.stats().to_json(), "bypassed": bypassed}
+
+
 # --- the agent set ------------------------------------------------------------------------------
 
 
@@ -454,6 +568,7 @@ class AgentSet:
         factory: Callable[[str], AgentLike] | None = None,
         max_workers: int | None = None,
         coalesce_reads: bool = False,
+        read_cache: ReadCacheSettings | None = None,
     ) -> None:
         self.quorum = validate_quorum(quorum)
         # concurrent reads of one secret each share agent RPCs (ReadCoalescer); the broker turns it on
@@ -471,6 +586,12 @@ class AgentSet:
         self._repaired = 0
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        # per-agent read caches by address (replaced, never mutated, so readers need no lock)
+        self.read_cache = read_cache if read_cache is not None and read_cache.enabled else None
+        self._caches: dict[str, AgentReadCache] = {}
+        self._following = False
+        if self.read_cache is not None:
+            self._caches = {a.address: AgentReadCache(a.address, self.read_cache) for a in self._agents}
 
     @classmethod
     def from_addresses(
@@ -481,6 +602,7 @@ class AgentSet:
         tls: ClientTLS | None = None,
         timeout: float = 10.0,
         coalesce_reads: bool = False,
+        read_cache: ReadCacheSettings | None = None,
     ) -> AgentSet:
         """An AgentSet of real ``AgentClient``s (an address given twice is one agent)."""
         from hsmd.agent.client import AgentClient
@@ -490,7 +612,13 @@ class AgentSet:
             return client
 
         unique = list(dict.fromkeys(addresses))
-        return cls([factory(a) for a in unique], quorum=quorum, factory=factory, coalesce_reads=coalesce_reads)
+        return cls(
+            [factory(a) for a in unique],
+            quorum=quorum,
+            factory=factory,
+            coalesce_reads=coalesce_reads,
+            read_cache=read_cache,
+        )
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -518,6 +646,21 @@ class AgentSet:
             self._agents = new_agents
             for agent in removed:
                 self._readers.pop(agent.address, None)
+            dropped: list[AgentReadCache] = []
+            added: list[tuple[AgentReadCache, AgentLike]] = []
+            if self.read_cache is not None:
+                caches = dict(self._caches)
+                dropped = [c for addr, c in caches.items() if addr not in wanted]
+                for agent in new_agents:
+                    if agent.address not in caches:
+                        caches[agent.address] = AgentReadCache(agent.address, self.read_cache)
+                        added.append((caches[agent.address], agent))
+                self._caches = {addr: c for addr, c in caches.items() if addr in wanted}
+        for cache in dropped:
+            cache.close()
+        if self._following:
+            for cache, agent in added:
+                cache.follow(agent)
         for agent in removed:
             _close_quietly(agent)
         log.info("agent set changed", extra={"agents": wanted})
@@ -525,6 +668,9 @@ class AgentSet:
 
     def close(self) -> None:
         self.stop()
+        self._following = False
+        for cache in list(self._caches.values()):
+            cache.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for agent in self.agents:
             _close_quietly(agent)
@@ -573,12 +719,55 @@ class AgentSet:
                     reader = self._readers[agent.address] = ReadCoalescer(agent)
         return reader
 
-    def read(self, path: str) -> ReadOutcome:
+    def follow_changes(self) -> None:
+        """With the read cache on: follow every agent's change stream (the cache of an agent is
+        used only while its stream is connected). ``start`` calls it."""
+        self._following = self.read_cache is not None
+        if not self._following:
+            return
+        agents = {a.address: a for a in self.agents}
+        for address, cache in list(self._caches.items()):
+            if address in agents:
+                cache.follow(agents[address])
+
+    def _invalidate(self, path: str) -> None:
+        for cache in self._caches.values():
+            cache.invalidate(path)
+
+    def read_cache_of(self, address: str) -> AgentReadCache | None:
+        return self._caches.get(address)
+
+    def read_cache_stats(self) -> dict[str, object] | None:
+        """The read cache's settings and per-agent counters (None when it is off)."""
+        if self.read_cache is None:
+            return None
+        caches = self._caches
+        return {
+            "ttlSeconds": self.read_cache.ttl,
+            "maxEntries": self.read_cache.max_entries,
+            "maxBytes": self.read_cache.max_bytes,
+            "agents": [caches[a].stats() for a in self.addresses if a in caches],
+        }
+
+    def _fetch(self, agent: AgentLike, path: str, cache: AgentReadCache | None) -> Secret:
+        """One agent's answer for ``path`` from the agent itself, offered to its cache."""
+        ticket = cache.ticket() if cache is not None else None  # before the call: see hsmd.readcache
+        secret = self._reader(agent).read(path) if self.coalesce_reads else agent.read(path)
+        if cache is not None:
+            cache.put(path, secret, ticket)
+        return secret
+
+    def read(self, path: str, *, fresh: bool = False) -> ReadOutcome:
+        """``path`` resolved across the agents. Each agent's answer comes from its read cache when
+        it has one; ``fresh`` asks every agent (and refills the caches) — for read-modify-writes."""
         agents = self._require_agents()
-        if self.coalesce_reads:
-            results = self._each(agents, lambda a: self._reader(a).read(path))
-        else:
-            results = self._each(agents, lambda a: a.read(path))
+        caches = self._caches
+        if not caches:
+            return _resolve_read(path, agents, self._each(agents, lambda a: self._fetch(a, path, None)))
+        hits = [None if fresh or (c := caches.get(a.address)) is None else c.get(path) for a in agents]
+        missing = [a for a, hit in zip(agents, hits, strict=True) if hit is None]
+        fetched = iter(self._each(missing, lambda a: self._fetch(a, path, caches.get(a.address))) if missing else ())
+        results = [hit if hit is not None else next(fetched) for hit in hits]
         return _resolve_read(path, agents, results)
 
     def read_many(self, paths: Sequence[str]) -> dict[str, Secret | HsmdError]:
@@ -605,7 +794,8 @@ class AgentSet:
         unique = list(dict.fromkeys(paths))
         if not unique:
             return {}
-        batches = self._each(agents, lambda a: a.read_many(unique))
+        caches = self._caches
+        batches = self._each(agents, lambda a: self._fetch_many(a, unique, caches.get(a.address)))
         if all(isinstance(b, HsmdError) for b in batches):
             raise _unavailable_from(
                 [AgentOutcome(a.address, False, error=b) for a, b in zip(agents, batches, strict=True)
@@ -628,6 +818,37 @@ class AgentSet:
                 out[path] = _resolve_read(path, agents, per_agent)
             except HsmdError as err:
                 out[path] = err
+        return out
+
+    @staticmethod
+    def _fetch_many(
+        agent: AgentLike, paths: Sequence[str], cache: AgentReadCache | None
+    ) -> Mapping[str, Secret | HsmdError]:
+        """One agent's answers for ``paths``: its cache's hits, the rest in one ReadSecrets (offered
+        to the cache). A failed call fails the misses (and the whole agent when nothing was hit)."""
+        if cache is None:
+            return agent.read_many(paths)
+        out: dict[str, Secret | HsmdError] = {}
+        missing: list[str] = []
+        for path in paths:
+            hit = cache.get(path)
+            if hit is None:
+                missing.append(path)
+            else:
+                out[path] = hit
+        if not missing:
+            return out
+        ticket = cache.ticket()
+        try:
+            answers = agent.read_many(missing)
+        except HsmdError as err:
+            if not out:
+                raise
+            answers = dict.fromkeys(missing, err)
+        for path, answer in answers.items():
+            if isinstance(answer, Secret):
+                cache.put(path, answer, ticket)
+        out.update(answers)
         return out
 
     def list_paths(self, prefix: str = "") -> ListOutcome:
@@ -740,7 +961,7 @@ class AgentSet:
         meta = metadata or SecretMetadata()
         if not meta.created_at:
             meta = replace(meta, created_at=now_stamp())
-        with self._path_lock(path):
+        with self._path_lock(path), self._changing(path):
             agents = self._require_agents()
             results = self._each(
                 agents,
@@ -759,7 +980,7 @@ class AgentSet:
     def delete(self, path: str, key: str | None = None) -> WriteOutcome:
         """Delete a secret (or one key) on every agent; an agent that already lacks it counts as
         done, but when no agent had it the result is NotFound."""
-        with self._path_lock(path):
+        with self._path_lock(path), self._changing(path):
             agents = self._require_agents()
             results = self._each(agents, lambda a: a.delete(path, key))
             outcomes: list[AgentOutcome] = []
@@ -785,6 +1006,16 @@ class AgentSet:
             return self._finish_write(
                 path, tuple(outcomes), want=want, want_from_outcomes=False, changed=deleted_somewhere
             )
+
+    @contextlib.contextmanager
+    def _changing(self, path: str) -> Iterator[None]:
+        """Around every change this process sends: ``path`` leaves every agent's read cache before
+        the change goes out and again when it finished, whatever the outcome (hsmd.readcache)."""
+        self._invalidate(path)
+        try:
+            yield
+        finally:
+            self._invalidate(path)
 
     def _checksum_after(self, agents: Sequence[AgentLike], outcomes: Sequence[AgentOutcome], path: str) -> str | None:
         for agent, outcome in zip(agents, outcomes, strict=True):
@@ -878,7 +1109,8 @@ class AgentSet:
                 if current is None or current.queued_at != item.queued_at:
                     continue  # superseded by a newer write while we waited
                 try:
-                    outcome = self._repair_one(item)
+                    with self._changing(item.path):
+                        outcome = self._repair_one(item)
                 except HsmdError as exc:
                     outcome = f"error: {exc.code}: {exc.message}"
                 with self._repairs_lock:
@@ -943,7 +1175,9 @@ class AgentSet:
         return "repaired"
 
     def start(self, interval: float = 2.0) -> None:
-        """Run the repair queue in a background thread until ``stop``."""
+        """Run the repair queue in a background thread until ``stop``, and follow the agents' change
+        streams when the read cache is on."""
+        self.follow_changes()
         if self._worker is not None:
             return
         self._stop.clear()
