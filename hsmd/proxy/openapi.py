@@ -216,7 +216,7 @@ def document() -> dict[str, Any]:
         "/api/v1/hsm/info": {
             "get": {
                 "operationId": "info",
-                "summary": "devices, token info, PIN flags, repair queue",
+                "summary": "devices, token info, PIN flags, repair queue, read cache",
                 "tags": ["devices"],
                 "responses": {"200": _json(_ref("Info"), "device information"), **_errors(*_AUTH_ERRORS)},
             }
@@ -444,6 +444,7 @@ def document() -> dict[str, Any]:
                 "devices": {"type": "array", "items": {"type": "object"}},
                 "quorum": {"type": "object"},
                 "repair": {"type": "object"},
+                "readCache": {"type": "object"},
                 "policy": {"type": "object"},
             },
         },

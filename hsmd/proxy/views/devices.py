@@ -1,5 +1,8 @@
 """Device level: GET /api/v1/hsm/info and POST /api/v1/hsm/pin (rotate the user PIN).
 
+``info`` also shows the broker's own state: the repair queue, the read cache's counters per agent
+(hits, misses, fills, whether the agent's change stream is live) and the policy's last error.
+
 Both are checked against the pseudo path ``@devices`` (``get`` and ``rotate-pin``). PINs arrive in
 the JSON body, only over TLS or on a loopback-only broker, and never reach a log or the audit."""
 
@@ -54,6 +57,7 @@ def info() -> Response:
             "devices": devices,
             "quorum": {"mode": agents.quorum, "agents": len(devices)},
             "repair": agents.repair_stats(),
+            "readCache": agents.read_cache_stats() or {"enabled": False},
             "policy": {"lastError": policy_source.last_error},
         }
     )

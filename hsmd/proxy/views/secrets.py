@@ -3,7 +3,8 @@
 Views are adapters: they validate through hsmd.proxy.codec / hsmd.model, ask the policy through
 ``authorize``, and fan out through the AgentSet. PATCH is a read-merge-write guarded by the
 checksum it read, retried on a concurrent change unless the client pinned its own checksum, so
-concurrent PATCHes never lose an update.
+concurrent PATCHes never lose an update. The reads that a write decides on (PUT's "does it exist",
+PATCH's base) ask the agents, never the broker's read cache; plain GETs are served from it.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def replace_secret(path: str) -> Response:
         # Like Vault: replacing needs `update`, creating through PUT needs `create`.
         authorize("update", path)
         try:
-            existing = agents.read(path)
+            existing = agents.read(path, fresh=True)
             existing.require()
         except NotFound:
             existing = None
@@ -160,7 +161,7 @@ def replace_secret(path: str) -> Response:
             authorize("create", path)
     else:
         authorize("update", path)
-        existing = agents.read(path)
+        existing = agents.read(path, fresh=True)
         existing.require()
     base = existing.secret.metadata if existing is not None and existing.secret is not None else None
     metadata = codec.decode_metadata(body.get("metadata"), base)
@@ -184,7 +185,7 @@ def patch_secret(path: str) -> Response:
         if attempt:
             time.sleep(random.uniform(0, 0.01 * 2**attempt))  # another writer won the race: back off
         with agents.path_lock(path):
-            current = agents.read(path).require()
+            current = agents.read(path, fresh=True).require()
             if expected is not None and current.checksum != expected:
                 raise Conflict(
                     f"secret {path!r} changed: checksum is {current.checksum}, expected {expected}", path=path
