@@ -65,8 +65,13 @@ def test_unreachable_minority_is_repaired(three_agents: list[RunningAgent], agen
         failed = outcome.agents[2]
         assert not failed.ok and failed.error is not None and failed.error.temporary
         assert [i.path for i in agent_set.pending_repairs()] == ["fan/repair"]
-    with pytest.raises(NotFound):
-        direct[2].read("fan/repair")
+    # The write reached the paused agent's socket; grpc-timeout is relative, so on resume the agent
+    # may still perform it if it sees the request before the client's cancellation. Either way the
+    # agent holds nothing but v1, and the repair (idempotent) settles it.
+    try:
+        assert direct[2].read("fan/repair").data == {"k": b"v1"}
+    except NotFound:
+        pass
     assert agent_set.run_repairs() == 1
     assert direct[2].read("fan/repair").data == {"k": b"v1"}
     assert direct[2].checksum("fan/repair") == outcome.checksum
