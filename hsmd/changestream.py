@@ -6,6 +6,11 @@ reconnect with backoff after an interruption and resume from the last sequence, 
 may have been missed (RESYNC from the agent, a new epoch). The client is anything with an
 ``address`` and ``watch_changes`` (``hsmd.agent.client.AgentClient``); this module imports no gRPC.
 
+A stream can die without a word (a peer that vanished without a TCP reset, a stuck proxy): the agent
+sends a HEARTBEAT every ``--heartbeat-interval`` (15 s by default) on an idle stream, so a connected
+stream that brings nothing for ``stale_after`` seconds (45 by default) is dropped and reconnected,
+which reports it down and up again (and the broker's read cache is cleared on the way).
+
 ``connected`` is set from the first event of a connection (the agent's HEARTBEAT or RESYNC, which
 carries its epoch) until the stream breaks; ``on_connection(address, up)`` reports each transition,
 ``up`` before that first event is handled and ``down`` as soon as the break is noticed.
@@ -17,6 +22,7 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,12 +57,15 @@ class ChangeSubscriber:
         *,
         on_connection: Callable[[str, bool], None] | None = None,
         backoff_cap: float = 10.0,
+        stale_after: float | None = 45.0,
     ) -> None:
         self.client = client
         self.on_change = on_change
         self.on_resync = on_resync
         self.on_connection = on_connection
         self.backoff_cap = backoff_cap
+        self.stale_after = stale_after
+        self._last_event = time.monotonic()
         self._stop = threading.Event()
         self._stream: Any = None
         self._thread = threading.Thread(target=self._run, name=f"changes-{client.address}", daemon=True)
@@ -66,6 +75,24 @@ class ChangeSubscriber:
 
     def start(self) -> None:
         self._thread.start()
+        if self.stale_after:
+            threading.Thread(target=self._watchdog, name=f"changes-watchdog-{self.client.address}",
+                             daemon=True).start()
+
+    def _watchdog(self) -> None:
+        """Drop a connected stream that brought nothing, not even a heartbeat, for ``stale_after``."""
+        assert self.stale_after
+        period = min(5.0, self.stale_after / 3)
+        while not self._stop.wait(period):
+            stream = self._stream
+            silent = time.monotonic() - self._last_event
+            if stream is None or not self.connected.is_set() or silent <= self.stale_after:
+                continue
+            log.warning("agent change stream silent; reconnecting",
+                        extra={"agent": self.client.address, "silent_s": round(silent, 1)})
+            self._last_event = time.monotonic()
+            with contextlib.suppress(Exception):
+                stream.stop()
 
     def stop(self) -> None:
         self._stop.set()
@@ -92,7 +119,9 @@ class ChangeSubscriber:
             try:
                 self._stream = self.client.watch_changes(since=self.sequence if self.epoch else 0)
                 first = True
+                self._last_event = time.monotonic()
                 for change in self._stream:
+                    self._last_event = time.monotonic()
                     if self._stop.is_set():
                         break
                     if first:

@@ -410,3 +410,32 @@ def test_change_subscriber_reports_connection_transitions_once() -> None:
         subscriber.stop()
     assert seen == [("up", None), ("change", "p"), ("down", None), ("up", None), ("resync", "agent restarted"),
                     ("down", None)]
+
+
+def test_a_silent_stream_is_dropped_and_reconnected() -> None:
+    """No event, not even the agent's heartbeat, for stale_after seconds: the stream died without a
+    word. The subscriber drops it (down), reconnects from the last sequence (up) and the broker's
+    cache is cleared on the way."""
+    agent = StreamingAgent("a:1", s_one=b"v1")
+    transitions: list[bool] = []
+    subscriber = ChangeSubscriber(
+        agent, lambda _a, _c: None, lambda _a, _w: None,
+        on_connection=lambda _a, up: transitions.append(up), backoff_cap=0.05, stale_after=0.5,
+    )
+    subscriber.start()
+    try:
+        first = agent.streams.get(timeout=5)
+        first.events.put(change("heartbeat", sequence=7, epoch="e1"))
+        wait_until(lambda: transitions == [True], 5)
+        # ... then nothing: the watchdog gives up on it and a new stream is opened
+        second = agent.streams.get(timeout=5)
+        second.events.put(change("heartbeat", sequence=7, epoch="e1"))
+        wait_until(lambda: transitions == [True, False, True], 5)
+        assert agent.sinces == [0, 7]
+        # a stream that keeps bringing heartbeats is left alone
+        for _ in range(8):
+            second.events.put(change("heartbeat", sequence=7, epoch="e1"))
+            threading.Event().wait(0.15)
+        assert transitions == [True, False, True] and agent.streams.empty()
+    finally:
+        subscriber.stop()
