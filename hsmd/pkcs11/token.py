@@ -163,6 +163,10 @@ class Token:
         self._index: dict[int, _Entry] = {}
         self._by_path: dict[str, set[int]] = {}
         self._foreign: set[int] = set()
+        # path -> has a visible version, while the index entries of that path stay as they were
+        # (list() would otherwise choose a version of every secret on every call)
+        self._visible_memo: dict[str, bool] = {}
+        self._index_serial = 0  # bumped by every change of the index
         self._index_time = -1.0
         self._index_epoch = -1
         self._index_lock = threading.RLock()
@@ -372,6 +376,8 @@ class Token:
                 # a reconnect: after a device was removed and re-inserted, handles may name other objects
                 self._index.clear()
                 self._by_path.clear()
+                self._visible_memo.clear()
+                self._index_serial += 1
                 self._foreign.clear()
                 self._index_time = -1.0
                 self._index_epoch = s.epoch
@@ -398,11 +404,15 @@ class Token:
             self._forget(handle)
             self._index[handle] = entry
             self._by_path.setdefault(entry.path, set()).add(handle)
+            self._visible_memo.pop(entry.path, None)
+            self._index_serial += 1
 
     def _forget(self, handle: int) -> None:
         with self._index_lock:
             entry = self._index.pop(handle, None)
             if entry is not None:
+                self._visible_memo.pop(entry.path, None)
+                self._index_serial += 1
                 handles = self._by_path.get(entry.path)
                 if handles is not None:
                     handles.discard(handle)
@@ -452,7 +462,13 @@ class Token:
         return records, values
 
     def _visible(self, s: Session, path: str) -> bool:
-        """Whether ``path`` has a visible version, from the index (values read only once per object)."""
+        """Whether ``path`` has a visible version, from the index (values read only once per object;
+        the answer is kept until an index entry of ``path`` changes)."""
+        with self._index_lock:
+            known = self._visible_memo.get(path)
+            serial = self._index_serial
+        if known is not None:
+            return known
         records = []
         for handle, entry in self._snapshot(path):
             if entry.digest is None:
@@ -465,7 +481,11 @@ class Token:
                     continue
                 self._fill(entry, value)
             records.append(self._record(handle, entry))
-        return choose_version(path, records) is not None
+        visible = choose_version(path, records) is not None
+        with self._index_lock:
+            if self._index_serial == serial:  # nothing changed meanwhile: the answer still holds
+                self._visible_memo[path] = visible
+        return visible
 
     def _read_locked(self, s: Session, path: str) -> Secret | None:
         records, values = self._load(s, path)

@@ -344,3 +344,23 @@ def test_a_secret_replaced_by_another_writer_reads_as_its_new_version_at_once(hs
         other.delete("app/db")
         with pytest.raises(NotFound):
             ours.read("app/db")
+
+
+def test_list_follows_every_change_of_the_index(hsm_token_factory: Factory) -> None:
+    """list() keeps each path's visibility until an index entry of that path changes: changes made
+    here, and (on the next index refresh) changes made by another writer, show at once."""
+    ours, info = hsm_token_factory(index_ttl=0.0)
+    ours.write("l/a", {"k": b"1"})
+    ours.write("l/b", {"k": b"1", "j": b"2"})
+    assert ours.list("l") == ["l/a", "l/b"]
+    assert ours.list("l") == ["l/a", "l/b"]  # answered from the kept visibility
+    ours.write("l/b", {"k": b"3"})
+    ours.delete("l/a")
+    assert ours.list("l") == ["l/b"]
+    with Token.open(info.config(index_ttl=0.0)) as other:
+        other.write("l/c", {"k": b"1"})
+        other.write("l/b", {"k": b"4"})
+        assert ours.list("l") == ["l/b", "l/c"]
+        other.delete("l/b")
+        assert ours.list("l") == ["l/c"]
+        assert ours.read("l/c") == {"k": b"1"}
