@@ -158,6 +158,17 @@ def ns(cluster: Cluster) -> Iterator[str]:
     name = unique("hsmd-conf")
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
         name=name, labels={"hsmd.test/conformance": "true"})))
+    # Like a real cluster, controllers add the default ServiceAccount and the kube-root-ca.crt
+    # ConfigMap to a new namespace shortly after it is created; tests that list or watch ConfigMaps
+    # start once they are there, so they see only their own objects come and go.
+    deadline = time.monotonic() + 30
+    while True:
+        names = {cm.metadata.name for cm in cluster.core.list_namespaced_config_map(name).items}
+        accounts = {sa.metadata.name for sa in cluster.core.list_namespaced_service_account(name).items}
+        if "kube-root-ca.crt" in names and "default" in accounts:
+            break
+        assert time.monotonic() < deadline, f"namespace {name} was not initialised within 30 s"
+        time.sleep(0.05)
     try:
         yield name
     finally:
