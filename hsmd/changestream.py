@@ -58,6 +58,7 @@ class ChangeSubscriber:
         on_connection: Callable[[str, bool], None] | None = None,
         backoff_cap: float = 10.0,
         stale_after: float | None = 45.0,
+        unsupported_retry: float = 300.0,
     ) -> None:
         self.client = client
         self.on_change = on_change
@@ -65,6 +66,7 @@ class ChangeSubscriber:
         self.on_connection = on_connection
         self.backoff_cap = backoff_cap
         self.stale_after = stale_after
+        self.unsupported_retry = unsupported_retry
         self._last_event = time.monotonic()
         self._stop = threading.Event()
         self._stream: Any = None
@@ -113,6 +115,16 @@ class ChangeSubscriber:
         if self.on_connection is not None:
             self.on_connection(self.client.address, up)
 
+    def _unsupported(self) -> bool:
+        """Does the agent lack hsmd's additive RPCs (WatchChanges among them)? False when unknown."""
+        probe = getattr(self.client, "supports_additive", None)
+        if probe is None:
+            return False
+        try:
+            return not probe()
+        except Exception:  # unreachable: an ordinary interruption
+            return False
+
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
@@ -147,6 +159,14 @@ class ChangeSubscriber:
                     break
                 self._set_connected(False)
                 failures += 1
+                if self._unsupported():
+                    # an agent without WatchChanges (the Go agent): nothing to follow; look again now
+                    # and then, in case it is upgraded in place, without a warning every few seconds
+                    if failures == 1:
+                        log.info("agent has no change stream; checking again every %g s", self.unsupported_retry,
+                                 extra={"agent": self.client.address})
+                    self._stop.wait(self.unsupported_retry)
+                    continue
                 delay = min(self.backoff_cap, 0.2 * 2 ** min(failures - 1, 8)) * (0.5 + random.random() / 2)
                 if failures == 1 or failures % 10 == 0:
                     log.warning("agent change stream interrupted", extra={"agent": self.client.address,

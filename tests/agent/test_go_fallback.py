@@ -6,6 +6,8 @@ every additive field from the answers; the additive RPCs answer UNIMPLEMENTED, a
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -108,3 +110,35 @@ def test_client_falls_back_to_the_ten_rpcs(go_client: AgentClient) -> None:
         go_client.read("go/missing")
     with pytest.raises(errors.FailedPrecondition):  # no change stream on a Go agent
         next(go_client.watch_changes())
+
+
+def test_a_change_subscriber_waits_quietly_on_an_agent_without_change_streams(
+    go_client: AgentClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker and the operator follow every agent's WatchChanges; a Go agent has none. The
+    subscriber notices, says so once at info level, and looks again only every unsupported_retry
+    seconds instead of retrying with warnings every few seconds."""
+    from hsmd.changestream import ChangeSubscriber
+
+    attempts: list[int] = []
+    watch = go_client.watch_changes
+
+    def counted(prefix: str = "", since: int = 0) -> Any:
+        attempts.append(since)
+        return watch(prefix, since)
+
+    go_client.watch_changes = counted  # type: ignore[method-assign]
+    ups: list[bool] = []
+    subscriber = ChangeSubscriber(go_client, lambda _a, _c: None, lambda _a, _w: None,
+                                  on_connection=lambda _a, up: ups.append(up), backoff_cap=0.05,
+                                  unsupported_retry=30.0)
+    with caplog.at_level(logging.INFO, logger="hsmd.changestream"):
+        subscriber.start()
+        try:
+            time.sleep(1.5)
+        finally:
+            subscriber.stop()
+    assert len(attempts) == 1 and ups == []
+    messages = [r.getMessage() for r in caplog.records if r.name == "hsmd.changestream"]
+    assert any("has no change stream" in m for m in messages), messages
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records if r.name == "hsmd.changestream")
