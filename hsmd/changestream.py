@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hsmd.errors import Unavailable
+from hsmd.errors import FailedPrecondition, Unavailable
 
 if TYPE_CHECKING:
     from hsmd.agent.client import Change
@@ -115,10 +115,12 @@ class ChangeSubscriber:
         if self.on_connection is not None:
             self.on_connection(self.client.address, up)
 
-    def _unsupported(self) -> bool:
-        """Does the agent lack hsmd's additive RPCs (WatchChanges among them)? False when unknown."""
+    def _unsupported(self, exc: Exception) -> bool:
+        """Did the stream fail because the agent lacks hsmd's additive RPCs (WatchChanges among them)?
+        UNIMPLEMENTED arrives as FailedPrecondition; only then is the agent asked (a paused agent
+        would otherwise hold every reconnect for a call timeout)."""
         probe = getattr(self.client, "supports_additive", None)
-        if probe is None:
+        if probe is None or not isinstance(exc, FailedPrecondition):
             return False
         try:
             return not probe()
@@ -159,7 +161,7 @@ class ChangeSubscriber:
                     break
                 self._set_connected(False)
                 failures += 1
-                if self._unsupported():
+                if self._unsupported(exc):
                     # an agent without WatchChanges (the Go agent): nothing to follow; look again now
                     # and then, in case it is upgraded in place, without a warning every few seconds
                     if failures == 1:
