@@ -27,7 +27,7 @@ class FakeAgent:
         self.store: dict[str, tuple[dict[str, bytes], SecretMetadata]] = {}
         self.down = False
         self.writes = 0
-        self.pin = "1234"
+        self.pin = "old-pin-1234"  # never a substring of a request id or a number by chance
         self._lock = threading.Lock()
 
     def _up(self) -> None:

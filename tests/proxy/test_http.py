@@ -414,19 +414,22 @@ def test_info_needs_the_devices_grant(env: Env) -> None:
 
 
 def test_rotate_pin(env: Env, tmp_path: Path) -> None:
-    assert_error(env.client.post("/api/v1/hsm/pin", json={"oldPin": "1234", "newPin": "5678"}, headers=auth()),
+    # PINs that cannot turn up by chance in a request id or a duration (a 4-digit one once did)
+    old, new, wrong = "old-pin-1234", "new-pin-5678", "wrong-pin-9999"
+    assert_error(env.client.post("/api/v1/hsm/pin", json={"oldPin": old, "newPin": new}, headers=auth()),
                  403, "forbidden")
-    r = env.client.post("/api/v1/hsm/pin", json={"oldPin": "9999", "newPin": "5678"}, headers=auth("tok-ops"))
+    r = env.client.post("/api/v1/hsm/pin", json={"oldPin": wrong, "newPin": new}, headers=auth("tok-ops"))
     assert_error(r, 403, "permission_denied")
-    r = env.client.post("/api/v1/hsm/pin", json={"oldPin": "1234", "newPin": "5678"}, headers=auth("tok-ops"))
+    r = env.client.post("/api/v1/hsm/pin", json={"oldPin": old, "newPin": new}, headers=auth("tok-ops"))
     assert r.status_code == 200 and r.get_json()["changed"] == 3
-    assert all(a.pin == "5678" for a in env.agents)
-    assert "5678" not in env.audit_path.read_text() and "1234" not in env.audit_path.read_text()
+    assert all(a.pin == new for a in env.agents)
+    audit = env.audit_path.read_text()
+    assert new not in audit and old not in audit and wrong not in audit
     (tmp_path / "plain").mkdir()
     plain = Env(tmp_path / "plain", pin_ok=False)
-    r = plain.client.post("/api/v1/hsm/pin", json={"oldPin": "1234", "newPin": "5678"}, headers=auth("tok-ops"))
+    r = plain.client.post("/api/v1/hsm/pin", json={"oldPin": old, "newPin": new}, headers=auth("tok-ops"))
     assert_error(r, 409, "failed_precondition")
-    assert all(a.pin == "1234" for a in plain.agents)
+    assert all(a.pin == old for a in plain.agents)
 
 
 # --- request ids and audit ------------------------------------------------------------------------
