@@ -55,7 +55,7 @@ from hsmd.errors import (
     error_from_code,
 )
 from hsmd.model import Secret, SecretMetadata, TokenInfo, path_matches_prefix
-from hsmd.readcache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TTL, ReadCache, Ticket
+from hsmd.readcache import ReadCache, ReadCacheSettings, Ticket
 
 if TYPE_CHECKING:
     from hsmd.agent.client import Change, ClientTLS
@@ -449,31 +449,6 @@ class ReadCoalescer:
 # --- per-agent read cache ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReadCacheSettings:
-    """The broker's read cache (``--read-cache-ttl``, ``--read-cache-entries``, ``--read-cache-mib``);
-    a ttl, entry or byte bound of 0 turns it off."""
-
-    ttl: float = DEFAULT_TTL
-    max_entries: int = DEFAULT_MAX_ENTRIES
-    max_bytes: int = DEFAULT_MAX_BYTES
-
-    @property
-    def enabled(self) -> bool:
-        return self.ttl > 0 and self.max_entries > 0 and self.max_bytes > 0
-
-
-def secret_size(secret: Secret) -> int:
-    """Bytes a cached Secret holds, roughly (for the cache's byte bound)."""
-    meta = secret.metadata
-    return (
-        200 + len(secret.path) + len(secret.checksum)
-        + sum(len(k) + len(v) for k, v in secret.data.items())
-        + len(meta.description) + len(meta.format) + len(meta.data_type) + len(meta.created_at)
-        + len(meta.source) + sum(len(k) + len(v) for k, v in meta.labels.items())
-    )
-
-
 class AgentReadCache:
     """One agent's Secret answers, trusted only while that agent's change stream is connected.
 
@@ -484,9 +459,7 @@ class AgentReadCache:
 
     def __init__(self, address: str, settings: ReadCacheSettings) -> None:
         self.address = address
-        self.cache: ReadCache[Secret] = ReadCache(
-            settings.ttl, max_entries=settings.max_entries, max_bytes=settings.max_bytes, size_of=secret_size
-        )
+        self.cache: ReadCache[Secret] = settings.new_cache(Secret.approx_size)
         self.live = False
         self.subscriber: ChangeSubscriber | None = None
         self._bypassed = 0  # reads that could not use the cache: the change stream was down
@@ -729,10 +702,6 @@ class AgentSet:
         for address, cache in list(self._caches.items()):
             if address in agents:
                 cache.follow(agents[address])
-
-    def _invalidate(self, path: str) -> None:
-        for cache in self._caches.values():
-            cache.invalidate(path)
 
     def read_cache_of(self, address: str) -> AgentReadCache | None:
         return self._caches.get(address)
@@ -1011,11 +980,10 @@ class AgentSet:
     def _changing(self, path: str) -> Iterator[None]:
         """Around every change this process sends: ``path`` leaves every agent's read cache before
         the change goes out and again when it finished, whatever the outcome (hsmd.readcache)."""
-        self._invalidate(path)
-        try:
+        with contextlib.ExitStack() as changing:
+            for cache in self._caches.values():
+                changing.enter_context(cache.cache.changing(path))
             yield
-        finally:
-            self._invalidate(path)
 
     def _checksum_after(self, agents: Sequence[AgentLike], outcomes: Sequence[AgentOutcome], path: str) -> str | None:
         for agent, outcome in zip(agents, outcomes, strict=True):

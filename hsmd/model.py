@@ -236,6 +236,16 @@ class Secret:
     metadata: SecretMetadata
     checksum: str
 
+    def approx_size(self) -> int:
+        """Bytes this secret holds in memory, roughly (the read caches' byte bound)."""
+        meta = self.metadata
+        return (
+            200 + len(self.path) + len(self.checksum)
+            + sum(len(k) + len(v) for k, v in self.data.items())
+            + len(meta.description) + len(meta.format) + len(meta.data_type) + len(meta.created_at)
+            + len(meta.source) + sum(len(k) + len(v) for k, v in meta.labels.items())
+        )
+
 
 @dataclass(frozen=True)
 class WriteResult:

@@ -16,23 +16,29 @@ invalidated (or the whole cache cleared) after the ticket was taken. So a read t
         hit = backend.read(path)
         cache.put(path, hit, ticket)
 
-Writers call ``invalidate(path)`` before they send a change *and* after it finished (whatever the
-outcome), and ``clear()`` when anything may have changed behind their back (the backend restarted,
-a change stream was interrupted). Entries also expire ``ttl`` seconds after their read *started*,
-which bounds how long a change made behind the cache's back (another writer on the token) can stay
-unseen. Size is bounded by entry count and by bytes (least recently used entries go first).
+Writers wrap each change in ``changing(path)``, which invalidates the path before the change is
+sent *and* after it finished (whatever the outcome), and call ``clear()`` when anything may have
+changed behind their back (the backend restarted, a change stream was interrupted). Entries also
+expire ``ttl`` seconds after their read *started*, which bounds how long a change made behind the
+cache's back (another writer on the token) can stay unseen. Size is bounded by entry count and by
+bytes (least recently used entries go first).
 
 Negative answers (not found, errors) are never cached.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from hsmd.errors import InvalidArgument
 
 V = TypeVar("V")
 
@@ -42,6 +48,49 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # Invalidations remembered per path for open tickets; past this many the cache forgets them all at
 # once and refuses every ticket taken before (a conservative miss, never a stale fill).
 _REMEMBERED_INVALIDATIONS = 4096
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReadCacheSettings:
+    """``--read-cache-ttl``, ``--read-cache-entries``, ``--read-cache-mib`` (the agent's and the
+    broker's, per agent); a ttl, entry or byte bound of 0 turns the cache off."""
+
+    ttl: float = DEFAULT_TTL
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0 and self.max_entries > 0 and self.max_bytes > 0
+
+    def new_cache(self, size_of: Callable[[V], int]) -> ReadCache[V]:
+        return ReadCache(self.ttl, max_entries=self.max_entries, max_bytes=self.max_bytes, size_of=size_of)
+
+
+def add_flags(parser: argparse.ArgumentParser, ttl_help: str, scope: str = "",
+              entries_aliases: tuple[str, ...] = ()) -> None:
+    """The three read-cache flags, with the same names and defaults wherever a cache is kept;
+    ``scope`` says what one cache covers (" per agent" in the broker)."""
+    parser.add_argument("--read-cache-ttl", type=float, default=DEFAULT_TTL, metavar="SECONDS",
+                        help=f"{ttl_help} (default {DEFAULT_TTL:g}; 0: off)")
+    parser.add_argument("--read-cache-entries", *entries_aliases, dest="read_cache_entries", type=int,
+                        default=DEFAULT_MAX_ENTRIES, metavar="N",
+                        help=f"secrets the read cache holds{scope} at most (default {DEFAULT_MAX_ENTRIES})")
+    parser.add_argument("--read-cache-mib", type=int, default=DEFAULT_MAX_BYTES // MIB, metavar="MIB",
+                        help=f"memory the read cache holds{scope} at most (default {DEFAULT_MAX_BYTES // MIB} MiB)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ReadCacheSettings:
+    """The flags of ``add_flags``, checked: each 0 (off) or a positive (finite) number."""
+    checks = (("--read-cache-ttl", args.read_cache_ttl, "seconds"),
+              ("--read-cache-entries", args.read_cache_entries, "secrets"),
+              ("--read-cache-mib", args.read_cache_mib, "MiB"))
+    for flag, value, unit in checks:
+        if not (math.isfinite(value) and value >= 0):
+            raise InvalidArgument(f"{flag} must be 0 (off) or a positive number of {unit}, got {value:g} "
+                                  "(it must not be negative)")
+    return ReadCacheSettings(args.read_cache_ttl, args.read_cache_entries, args.read_cache_mib * MIB)
 
 
 @dataclass(frozen=True)
@@ -159,6 +208,16 @@ class ReadCache(Generic[V]):
             if len(self._invalidated) > _REMEMBERED_INVALIDATIONS:
                 self._invalidated.clear()
                 self._floor = self._serial
+
+    @contextlib.contextmanager
+    def changing(self, path: str) -> Iterator[None]:
+        """Around a change of ``path`` sent to the backend: invalidated before it goes out and again
+        when it finished, whatever the outcome."""
+        self.invalidate(path)
+        try:
+            yield
+        finally:
+            self.invalidate(path)
 
     def clear(self) -> None:
         """Forget everything and refuse fills by reads that started before now."""

@@ -16,9 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from hsmd import model
+from hsmd import model, readcache
 from hsmd.errors import FailedPrecondition, HsmdError, InvalidArgument
-from hsmd.readcache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TTL
 from hsmd.service import read_secret_input, setup_logging, shutdown_event, write_ready_file
 
 EXIT_CONFIG = 2
@@ -60,13 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-watchers", type=int, default=32, metavar="N", help="concurrent WatchChanges streams")
     p.add_argument("--max-queued", type=int, default=48, metavar="N",
                    help="device calls queued or running before more are refused as busy (UNAVAILABLE)")
-    p.add_argument("--read-cache-ttl", type=float, default=DEFAULT_TTL, metavar="SECONDS",
-                   help="keep secrets read for this long, dropped at once by every change through this "
-                        "agent; bounds how long a change made behind its back stays unseen (0: off)")
-    p.add_argument("--read-cache-entries", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
-                   help="secrets the read cache holds at most")
-    p.add_argument("--read-cache-mib", type=int, default=DEFAULT_MAX_BYTES // (1024 * 1024), metavar="MIB",
-                   help="memory the read cache holds at most")
+    readcache.add_flags(p, "keep secrets read for this long, dropped at once by every change through this "
+                           "agent; bounds how long a change made behind its back stays unseen")
     p.add_argument("--sessions", type=int, default=2, metavar="N", help=argparse.SUPPRESS)
     return p
 
@@ -95,8 +89,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InvalidArgument("--grace, --health-timeout and --heartbeat-interval must be positive")
     if args.max_queued < 1 or args.max_watchers < 0 or args.watch_history < 1:
         raise InvalidArgument("--max-queued and --watch-history must be at least 1, --max-watchers at least 0")
-    if args.read_cache_ttl < 0 or args.read_cache_entries < 0 or args.read_cache_mib < 0:
-        raise InvalidArgument("--read-cache-ttl, --read-cache-entries and --read-cache-mib must not be negative")
+    readcache.settings_from_args(args)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -196,9 +189,7 @@ class Agent:
             heartbeat_interval=args.heartbeat_interval,
             max_watchers=args.max_watchers,
             max_queued=args.max_queued,
-            read_cache_ttl=args.read_cache_ttl,
-            read_cache_entries=args.read_cache_entries,
-            read_cache_bytes=args.read_cache_mib * 1024 * 1024,
+            read_cache=readcache.settings_from_args(args),
         )
         self.grpc = AgentServer(self.device, self.changes, options, address=args.listen, tls=tls)
         # grpc.health follows the worker at once (the monitor below also follows the device)

@@ -1,8 +1,8 @@
 """The agent's read cache in front of its device worker.
 
 An agent is the one writer of its token (hsmd.agent.locks), so it knows of every change made through
-it: ``changing(path)`` wraps each write and delete and invalidates the path before the call goes to
-the device and again after it finished, whatever the outcome (hsmd.readcache explains why both),
+it: ``changing(path)`` wraps each write and delete in ``ReadCache.changing`` (the path is dropped
+before the call goes to the device and again after it finished; hsmd.readcache explains why both),
 and ``changed(path)`` invalidates it once more in the call's result hook, before the change log
 announces it, so a WatchChanges subscriber that reads on the announcement sees the new value.
 What it cannot know of is a change made behind its back (pkcs11-tool on the same token, a token
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hsmd.agent.device import DeviceWorker
-from hsmd.agent.framing import MetadataTuple, SecretTuple
+from hsmd.agent.framing import MetadataTuple, SecretTuple, unpack_secret
 from hsmd.errors import HsmdError
 from hsmd.readcache import ReadCache
 
@@ -30,10 +30,8 @@ ReadResult = tuple[str, bool, Any]
 
 
 def secret_size(packed: SecretTuple) -> int:
-    """Bytes an entry holds, roughly: values, keys and metadata (for the cache's byte bound)."""
-    path, data, meta, checksum = packed
-    return (len(path) + len(checksum) + sum(len(k) + len(v) for k, v in data.items())
-            + sum(len(s) for s in meta if isinstance(s, str)) + 200)
+    """Bytes an entry holds, roughly (for the cache's byte bound)."""
+    return unpack_secret(packed).approx_size()
 
 
 class CachedReads:
@@ -92,15 +90,13 @@ class CachedReads:
     @contextlib.contextmanager
     def changing(self, path: str) -> Iterator[None]:
         """Around a write or delete of ``path``."""
-        self.cache.invalidate(path)
-        try:
-            yield
-        except HsmdError as err:
-            if err.temporary:
-                self.cache.clear()
-            raise
-        finally:
-            self.cache.invalidate(path)
+        with self.cache.changing(path):
+            try:
+                yield
+            except HsmdError as err:
+                if err.temporary:  # the token went away: trust nothing we hold
+                    self.cache.clear()
+                raise
 
     def changed(self, path: str) -> None:
         """From a write's or delete's result hook, before the change is announced (WatchChanges):

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
@@ -28,7 +28,7 @@ from hsmd.agent.reads import CachedReads, secret_size
 from hsmd.errors import FailedPrecondition, HsmdError, Internal, InvalidArgument, NotFound, ResourceExhausted
 from hsmd.model import TokenInfo
 from hsmd.proto.hsm.v1 import hsm_pb2, hsm_pb2_grpc
-from hsmd.readcache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TTL, ReadCache
+from hsmd.readcache import ReadCacheSettings
 
 log = logging.getLogger("hsmd.agent.server")
 
@@ -73,9 +73,7 @@ class AgentOptions:
     spare_threads: int = 16
     # hsmd.agent.reads: whole secrets read recently, dropped on every change made through this
     # agent; ttl bounds how long a change made behind its back stays unseen (0 turns it off)
-    read_cache_ttl: float = DEFAULT_TTL
-    read_cache_entries: int = DEFAULT_MAX_ENTRIES
-    read_cache_bytes: int = DEFAULT_MAX_BYTES
+    read_cache: ReadCacheSettings = field(default_factory=ReadCacheSettings)
 
 
 class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
@@ -83,10 +81,7 @@ class AgentServicer(hsm_pb2_grpc.HSMAgentServicer):  # type: ignore[misc]
         self.device = device
         self.changes = changes
         self.options = options
-        self.reads = CachedReads(device, ReadCache(
-            options.read_cache_ttl, max_entries=options.read_cache_entries,
-            max_bytes=options.read_cache_bytes, size_of=secret_size,
-        ))
+        self.reads = CachedReads(device, options.read_cache.new_cache(secret_size))
         self._watchers = 0
         self._watchers_lock = threading.Lock()
 

@@ -13,26 +13,23 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import math
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from hsmd import kube
+from hsmd import kube, readcache
 from hsmd.errors import HsmdError, InvalidArgument
-from hsmd.fanout import QUORUMS, AgentSet, ReadCacheSettings, agents_from_pool
+from hsmd.fanout import QUORUMS, AgentSet, agents_from_pool
 from hsmd.policy import POLICY_CONFIGMAP, Policy, PolicyFile
 from hsmd.proxy.app import DEFAULT_MAX_BODY, ProxyConfig, create_app
 from hsmd.proxy.audit import AuditLog
 from hsmd.proxy.auth import TokenReviewAuthenticator
 from hsmd.proxy.policy_source import ConfigMapPolicy, PolicySource, StaticPolicy
 from hsmd.proxy.server import start_server
-from hsmd.readcache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TTL
 from hsmd.service import setup_logging, shutdown_event, write_ready_file
 
 log = logging.getLogger("hsmd.proxy")
-MIB = 1024 * 1024
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
@@ -84,23 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send every read on its own instead of sharing agent calls between concurrent reads",
     )
-    p.add_argument(
-        "--read-cache-ttl",
-        type=float,
-        default=DEFAULT_TTL,
-        metavar="SECONDS",
-        help="keep each agent's answers this long; a change through an agent drops them at once "
-        f"(its change stream); bounds changes made behind the agents' backs (default {DEFAULT_TTL:g}; 0: off)",
-    )
-    # the same names and defaults as the agent's read cache (hsmd agent --read-cache-*)
-    p.add_argument(
-        "--read-cache-entries", "--read-cache-size", dest="read_cache_entries", type=int,
-        default=DEFAULT_MAX_ENTRIES, metavar="N",
-        help=f"secrets the read cache holds per agent at most (default {DEFAULT_MAX_ENTRIES})",
-    )
-    p.add_argument(
-        "--read-cache-mib", type=int, default=DEFAULT_MAX_BYTES // MIB, metavar="MIB",
-        help=f"memory the read cache holds per agent at most (default {DEFAULT_MAX_BYTES // MIB} MiB)",
+    readcache.add_flags(
+        p, "keep each agent's answers this long; a change through an agent drops them at once (its change "
+        "stream); bounds changes made behind the agents' backs", scope=" per agent",
+        entries_aliases=("--read-cache-size",),
     )
     p.add_argument("--ready-file", help="write the bound address here as JSON once serving")
     p.add_argument("--log-level", default="info")
@@ -125,17 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def read_cache_settings(args: argparse.Namespace) -> ReadCacheSettings:
-    ttl, entries, mib = args.read_cache_ttl, args.read_cache_entries, args.read_cache_mib
-    if not (math.isfinite(ttl) and ttl >= 0):
-        raise InvalidArgument(f"--read-cache-ttl must be 0 (off) or a positive number of seconds, got {ttl:g}")
-    if entries < 0:
-        raise InvalidArgument(f"--read-cache-entries must be 0 (off) or a positive number of secrets, got {entries}")
-    if mib < 0:
-        raise InvalidArgument(f"--read-cache-mib must be 0 (off) or a positive number of MiB, got {mib}")
-    return ReadCacheSettings(ttl, entries, mib * MIB)
-
-
 def run(args: argparse.Namespace) -> int:
     host, port = parse_hostport(args.listen, "--listen")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -144,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument("--agent-cert/--agent-key need --agent-ca")
     if args.max_body < 1024:
         raise InvalidArgument("--max-body must be at least 1024 bytes")
-    read_cache = read_cache_settings(args)
+    read_cache = readcache.settings_from_args(args)
     addresses: list[str] = []
     if args.agent:
         addresses = [
