@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from hsmd import kube, render  # noqa: E402
 from hsmd.agent.client import AgentClient  # noqa: E402
 from hsmd.pkcs11.softhsm import create_softhsm_token  # noqa: E402
-from hsmd.service import wait_for_ready_file  # noqa: E402
+from hsmd.service import stop_process, wait_for_ready_file  # noqa: E402
 
 PIN = "bench-modules-pin"
 NS = "bench-batch"
@@ -53,13 +52,7 @@ def start(cmd: list[str], log: Path, ready: Path, env: dict[str, str] | None = N
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, 20)
 
 
 def playbook(work: Path, name: str, tasks: list[dict[str, Any]], extravars: dict[str, Any]) -> float:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -84,6 +85,18 @@ def wait_for_ready_file(path: str | Path, timeout: float = 30.0, *, process: Any
             raise RuntimeError(f"process exited with code {process.returncode} before it was ready")
         time.sleep(0.02)
     raise TimeoutError(f"{target} did not appear within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 20.0, sig: int = signal.SIGTERM) -> int:
+    """Ask a child process to stop (``sig``), give it ``timeout`` seconds, then SIGKILL it; its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
 
 
 def shutdown_event() -> threading.Event:

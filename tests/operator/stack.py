@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hsmd import kube
 from hsmd.agent.client import AgentClient
-from hsmd.service import wait_for_ready_file
+from hsmd.service import stop_process, wait_for_ready_file
 from tests.fixtures.agent import AgentToken, RunningAgent, start_agent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,14 +76,7 @@ class OperatorProcess:
         return self.process.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return int(self.process.returncode)
+        return stop_process(self.process, timeout, sig)
 
 
 @contextlib.contextmanager

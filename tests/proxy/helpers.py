@@ -4,7 +4,6 @@ tokens minted by the sandbox's TokenRequest, the access policy ConfigMap."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from hsmd.service import wait_for_ready_file
+from hsmd.service import stop_process, wait_for_ready_file
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY_NAMESPACE = "hsm-system"
@@ -65,13 +64,7 @@ def start_proxy(workdir: Path, *, agents: list[str] | None = None, pool: str | N
             raise RuntimeError(f"proxy did not start: {exc}\n{log_path.read_text(errors='replace')[-3000:]}") from None
         yield RunningProxy(info["url"], info["http"], process, log_path, audit_path)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 15)
 
 
 def ensure_namespace(api: Any, name: str) -> None:
