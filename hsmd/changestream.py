@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hsmd.errors import FailedPrecondition, Unavailable
+from hsmd.service import backoff_delay
 
 if TYPE_CHECKING:
     from hsmd.agent.client import Change
@@ -169,7 +169,7 @@ class ChangeSubscriber:
                                  extra={"agent": self.client.address})
                     self._stop.wait(self.unsupported_retry)
                     continue
-                delay = min(self.backoff_cap, 0.2 * 2 ** min(failures - 1, 8)) * (0.5 + random.random() / 2)
+                delay = backoff_delay(failures, 0.2, self.backoff_cap, jitter=True)
                 if failures == 1 or failures % 10 == 0:
                     log.warning("agent change stream interrupted", extra={"agent": self.client.address,
                                                                           "error": str(exc)[:200], "retry_in": delay})

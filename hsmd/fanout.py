@@ -56,6 +56,7 @@ from hsmd.errors import (
 )
 from hsmd.model import Secret, SecretMetadata, TokenInfo, path_matches_prefix
 from hsmd.readcache import ReadCache, ReadCacheSettings, Ticket
+from hsmd.service import backoff_delay
 
 if TYPE_CHECKING:
     from hsmd.agent.client import Change, ClientTLS
@@ -1094,7 +1095,7 @@ class AgentSet:
                         continue
                     current.attempts += 1
                     current.last_error = outcome
-                    current.next_attempt = time.time() + min(60.0, 0.5 * 2 ** min(current.attempts, 7))
+                    current.next_attempt = time.time() + backoff_delay(current.attempts + 1, 0.5, 60.0)
                     if current.attempts >= self.MAX_REPAIR_ATTEMPTS:
                         log.error("repair gave up", extra={"path": item.path, "agent": item.agent, "error": outcome})
                         current.next_attempt = float("inf")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -85,6 +86,13 @@ def wait_for_ready_file(path: str | Path, timeout: float = 30.0, *, process: Any
             raise RuntimeError(f"process exited with code {process.returncode} before it was ready")
         time.sleep(0.02)
     raise TimeoutError(f"{target} did not appear within {timeout} s")
+
+
+def backoff_delay(failures: int, base: float, cap: float, *, jitter: bool = False) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: base, 2*base, 4*base ... capped at
+    ``cap``; with ``jitter`` a random 50-100% of that, so many clients do not retry in step."""
+    delay = float(min(cap, base * 2.0 ** min(max(failures, 1) - 1, 62)))
+    return delay * (0.5 + random.random() / 2) if jitter else delay
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float = 20.0, sig: int = signal.SIGTERM) -> int:

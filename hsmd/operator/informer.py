@@ -28,6 +28,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from hsmd import kube
+from hsmd.service import backoff_delay
 
 log = logging.getLogger("hsmd.operator.informer")
 
@@ -163,8 +164,8 @@ class Informer:
                 if self._stop.is_set():
                     break
                 failures += 1
-                delay = min(self.backoff_cap, self.backoff_base * 2 ** min(failures - 1, 10))
-                delay *= 0.5 + random.random() / 2  # jitter: many informers must not reconnect in step
+                # jitter: many informers must not reconnect in step
+                delay = backoff_delay(failures, self.backoff_base, self.backoff_cap, jitter=True)
                 log.warning(
                     "list/watch failed; retrying",
                     extra={"resource": self.name, "namespace": namespace, "error": _describe(exc), "retry_in": delay},

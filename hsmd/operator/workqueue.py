@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from hsmd.service import backoff_delay
+
 
 @dataclass
 class Backoff:
@@ -36,7 +38,7 @@ class Backoff:
     def next_delay(self, key: Hashable) -> float:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        return float(min(self.cap, self.base * (2 ** min(failures - 1, 62))))
+        return backoff_delay(failures, self.base, self.cap)
 
     def failures(self, key: Hashable) -> int:
         return self._failures.get(key, 0)
