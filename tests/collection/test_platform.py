@@ -89,6 +89,16 @@ def cluster(crds_installed: str) -> Iterator[Cluster]:
         api.close()
 
 
+def check_real_twice(module: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The idempotence sequence: tasks "check", "real", "check again", "real again" (see changed_sequence)."""
+    return [
+        {"name": "check", module: args, "check_mode": True},
+        {"name": "real", module: args},
+        {"name": "check again", module: args, "check_mode": True},
+        {"name": "real again", module: args},
+    ]
+
+
 def changed_sequence(run: PlaybookRun, *names: str) -> list[bool]:
     return [bool(run.result(name).get("changed")) for name in names]
 
@@ -110,10 +120,7 @@ def test_k8s_status_check_real_idempotent(cluster: Cluster, tmp_path: Path) -> N
                              "observedGeneration": 1}]}
     m = "hsm.secrets.k8s_status"
     tasks = [
-        {"name": "check", m: ready, "check_mode": True},
-        {"name": "real", m: ready},
-        {"name": "check again", m: ready, "check_mode": True},
-        {"name": "real again", m: ready},
+        *check_real_twice(m, ready),
         {"name": "message only", m: {**ref, "conditions": [{"type": "Ready", "status": "True", "reason": "Synced",
                                                              "message": "still in sync"}]}},
         {"name": "flip", m: {**ref, "status": {"syncStatus": "Error", "lastError": None},
@@ -166,10 +173,7 @@ def test_hsm_pool_module_and_device_info(cluster: Cluster, tmp_path: Path) -> No
     pool = {"name": "pico-pool", "namespace": ns, "now": stamp(T0 + timedelta(seconds=30)), "expected_pods": 2}
     m = "hsm.secrets.hsm_pool"
     tasks = [
-        {"name": "check", m: pool, "check_mode": True},
-        {"name": "real", m: pool},
-        {"name": "check again", m: pool, "check_mode": True},
-        {"name": "real again", m: pool},
+        *check_real_twice(m, pool),
         {"name": "later, within grace", m: {**pool, "now": stamp(T0 + timedelta(minutes=4))}},
         {"name": "pure", m: {"pods": [{"metadata": {"name": "x", "annotations": {DEVICE_REPORT_ANNOTATION: "[]"}}}],
                              "now": stamp(T0)}},
